@@ -1,0 +1,40 @@
+import Tensor
+
+/// Which deferred weight-gradient work backward-p2 should do.
+public enum WeightGradientWork: Equatable, Sendable {
+    /// The pending p2 of one micro-batch (the one whose p1 ran earlier).
+    case microBatch(Int)
+    /// Every pending micro-batch at once, concatenated along the rows so that
+    /// each weight's gradient is one large GEMM (the paper's end-of-step p2).
+    case allPending
+}
+
+/// A layer whose backward pass is split in two (2BP, arXiv 2405.18047):
+///
+/// - `backwardInput` (p1) turns dL/dy into dL/dx, the gradient the previous
+///   pipeline stage is waiting for, and stashes what p2 will need (x and dL/dy);
+/// - `backwardWeight` (p2) turns the stash into dL/dW, accumulated into each
+///   parameter's `gradient`, and frees the stash.
+///
+/// State is kept per micro-batch so that forwards, p1 and p2 of different
+/// micro-batches may interleave in any order a valid schedule allows.
+/// Running p1 and then p2 of the same micro-batch is the fused backward.
+public protocol Layer: AnyObject {
+    /// Parameters in a fixed order, named relative to this layer.
+    var parameters: [Parameter] { get }
+
+    /// y = f(x); saves what backward needs under `microBatch`.
+    func forward(_ input: Tensor, microBatch: Int) throws -> Tensor
+
+    /// p1: dL/dx from dL/dy; consumes the forward's saved state and stashes p2's inputs.
+    func backwardInput(_ outputGradient: Tensor, microBatch: Int) throws -> Tensor
+
+    /// p2: accumulates dL/dW for the selected stashed micro-batches and frees their stash.
+    func backwardWeight(_ work: WeightGradientWork) throws
+}
+
+extension Layer {
+    public func zeroGradients() {
+        for parameter in parameters { parameter.zeroGradient() }
+    }
+}

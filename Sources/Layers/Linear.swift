@@ -1,0 +1,67 @@
+import Tensor
+
+/// y = x Wᵀ (+ b), with W stored [out, in] as in PyTorch and Hugging Face.
+///
+/// p1 is dx = dy W; p2 is dW += dyᵀ x and db += Σ dy. Over `.allPending`
+/// the stashed x and dy of all micro-batches are stacked so p2 is one GEMM.
+public final class Linear: Layer {
+    public let inputSize: Int
+    public let outputSize: Int
+    public let weight: Parameter
+    public let bias: Parameter?
+    /// x [rows, in], kept from forward for p2.
+    private var saved = MicroBatchStore<Tensor>("Linear forward state")
+    /// (x [rows, in], dy [rows, out]) kept from p1 for p2.
+    private var pending = MicroBatchStore<(input: Tensor, outputGradient: Tensor)>("Linear p2 stash")
+
+    public init(inputSize: Int, outputSize: Int, bias: Bool = false) {
+        self.inputSize = inputSize
+        self.outputSize = outputSize
+        weight = Parameter(name: "weight", shape: [outputSize, inputSize])
+        self.bias = bias ? Parameter(name: "bias", shape: [outputSize]) : nil
+    }
+
+    public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }
+
+    public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
+        let output = apply(input)
+        try saved.put(input, for: microBatch)
+        return output
+    }
+
+    /// The forward computation alone, saving nothing (for inference).
+    public func apply(_ input: Tensor) -> Tensor {
+        precondition(input.columnCount == inputSize, "Linear(\(inputSize)→\(outputSize)) given \(input.shape)")
+        let output = Tensor(zeros: Array(input.shape.dropLast()) + [outputSize])
+        if let bias {
+            for row in 0..<output.rowCount {
+                (output.pointer + row * outputSize).update(from: bias.value.pointer, count: outputSize)
+            }
+        }
+        BLAS.matmul(output, input, weight.value, transposeB: true, accumulate: bias != nil)
+        return output
+    }
+
+    public func backwardInput(_ outputGradient: Tensor, microBatch: Int) throws -> Tensor {
+        let input = try saved.take(microBatch)
+        let inputGradient = Tensor(zeros: input.shape)
+        BLAS.matmul(inputGradient, outputGradient, weight.value)
+        try pending.put((input, outputGradient), for: microBatch)
+        return inputGradient
+    }
+
+    public func backwardWeight(_ work: WeightGradientWork) throws {
+        let stashes = try pending.take(work)
+        guard !stashes.isEmpty else { return }
+        let input = stashes.count == 1 ? stashes[0].input : Tensor.concatenateRows(stashes.map { $0.input.reshaped([$0.input.rowCount, inputSize]) })
+        let outputGradient = stashes.count == 1 ? stashes[0].outputGradient : Tensor.concatenateRows(stashes.map { $0.outputGradient.reshaped([$0.outputGradient.rowCount, outputSize]) })
+        BLAS.matmul(weight.gradient, outputGradient, transposeA: true, input, accumulate: true)
+        if let bias {
+            let db = bias.gradient.pointer
+            for row in 0..<outputGradient.rowCount {
+                let dy = outputGradient.pointer + row * outputSize
+                for j in 0..<outputSize { db[j] += dy[j] }
+            }
+        }
+    }
+}

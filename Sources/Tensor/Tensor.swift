@@ -1,0 +1,108 @@
+/// A dense, row-major Float32 tensor with reference semantics.
+///
+/// Storage is one contiguous allocation charged to the `MemoryMeter` current
+/// when it was made; views (`reshaped`, `rows`) share it and keep it alive.
+/// Kernels work on `pointer` directly: no copy-on-write, no hidden copies.
+public final class Tensor: @unchecked Sendable {
+    /// Row-major shape; the last dimension is contiguous.
+    public let shape: [Int]
+    public let count: Int
+    public let pointer: UnsafeMutablePointer<Float>
+    /// The tensor that owns `pointer` when this one is a view.
+    private let base: Tensor?
+    private let meter: MemoryMeter?
+
+    /// A zero-filled tensor charged to `MemoryMeter.current`.
+    public init(zeros shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        count = shape.reduce(1, *)
+        pointer = .allocate(capacity: Swift.max(count, 1))
+        pointer.initialize(repeating: 0, count: Swift.max(count, 1))
+        base = nil
+        let meter = MemoryMeter.current
+        meter.charge(count * MemoryLayout<Float>.stride)
+        self.meter = meter
+    }
+
+    public convenience init(shape: [Int], values: [Float]) {
+        self.init(zeros: shape)
+        precondition(values.count == count, "\(values.count) values for shape \(shape)")
+        values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: count) }
+    }
+
+    private init(viewOf base: Tensor, offset: Int, shape: [Int]) {
+        self.shape = shape
+        count = shape.reduce(1, *)
+        pointer = base.pointer + offset
+        self.base = base.base ?? base
+        meter = nil
+    }
+
+    deinit {
+        guard base == nil else { return }
+        pointer.deallocate()
+        meter?.release(count * MemoryLayout<Float>.stride)
+    }
+
+    /// Bytes this tensor's own storage occupies (zero for views).
+    public var allocatedBytes: Int { base == nil ? count * MemoryLayout<Float>.stride : 0 }
+
+    /// Product of all dimensions but the last: the number of rows of the 2-D view.
+    public var rowCount: Int { shape.count <= 1 ? 1 : shape.dropLast().reduce(1, *) }
+    /// The last dimension: the length of one row.
+    public var columnCount: Int { shape.last ?? 1 }
+
+    public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: pointer, count: count) }
+
+    public subscript(index: Int) -> Float {
+        get { pointer[index] }
+        set { pointer[index] = newValue }
+    }
+
+    public func toArray() -> [Float] { Array(buffer) }
+
+    /// The same storage seen with another shape of equal element count.
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(newShape.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
+        return Tensor(viewOf: self, offset: 0, shape: newShape)
+    }
+
+    /// Rows `range` of the leading dimension, sharing storage.
+    public func rows(_ range: Range<Int>) -> Tensor {
+        precondition(!shape.isEmpty && range.lowerBound >= 0 && range.upperBound <= shape[0])
+        let rowSize = count / Swift.max(shape[0], 1)
+        return Tensor(viewOf: self, offset: range.lowerBound * rowSize, shape: [range.count] + shape.dropFirst())
+    }
+
+    /// A fresh tensor with the same shape and values.
+    public func copy() -> Tensor {
+        let result = Tensor(zeros: shape)
+        result.pointer.update(from: pointer, count: count)
+        return result
+    }
+
+    public func zero() {
+        pointer.update(repeating: 0, count: count)
+    }
+
+    /// `self += other`, element by element.
+    public func add(_ other: Tensor) {
+        precondition(other.count == count, "add: \(other.shape) to \(shape)")
+        for i in 0..<count { pointer[i] += other.pointer[i] }
+    }
+
+    /// Stacks tensors along the leading dimension into one new tensor.
+    public static func concatenateRows(_ parts: [Tensor]) -> Tensor {
+        precondition(!parts.isEmpty, "concatenateRows needs at least one tensor")
+        let tail = Array(parts[0].shape.dropFirst())
+        precondition(parts.allSatisfy { Array($0.shape.dropFirst()) == tail }, "concatenateRows: mismatched shapes")
+        let result = Tensor(zeros: [parts.reduce(0) { $0 + $1.shape[0] }] + tail)
+        var offset = 0
+        for part in parts {
+            (result.pointer + offset).update(from: part.pointer, count: part.count)
+            offset += part.count
+        }
+        return result
+    }
+}
