@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: builds TwoBP and runs every test (unit, gradient checks, pipeline equivalence, MPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+swift build -c release --product twobp
+swift test "$@"
