@@ -1,0 +1,25 @@
+import ArgumentParser
+
+/// Options shared by every command that runs or describes a pipeline.
+struct PipelineOptions: ParsableArguments {
+    @Option(help: "Pipeline stages (ranks). 1 trains on one device.")
+    var stages = 1
+
+    @Option(help: "Schedule: naive, gpipe, 1f1b-1, 1f1b-2, interleaved, zb-h1, zb-h2, zb-v.")
+    var schedule = "gpipe"
+
+    @Flag(name: .customLong("2bp"), help: "Split backward: send p1 at once, defer p2 (2BP).")
+    var twoBP = false
+
+    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: the schedule's, e.g. S for 1f1b-1, 2S for 1f1b-2).")
+    var microBatches: Int?
+
+    @Option(help: "Model chunks per rank for interleaved schedules (default 2).")
+    var chunks: Int?
+
+    mutating func validate() throws {
+        guard stages >= 1 else { throw ValidationError("--stages must be at least 1, got \(stages)") }
+        if let microBatches, microBatches < 1 { throw ValidationError("--micro-batches must be at least 1, got \(microBatches)") }
+        if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+    }
+}
