@@ -3,8 +3,8 @@
 ///
 /// ```
 ///           0    1    2    3
-///   rank 0 F0   F1  >B0<  B1
-/// > rank 1 F0   B0   F1
+///   rank 0  F0   F1  >B0<  B1
+/// > rank 1  F0   B0   F1
 /// ```
 /// A marked cell is drawn `>B0<`; a marked row (something missing on that
 /// rank) gets `>` before its label. Steps are positions, not times: two
@@ -13,8 +13,8 @@ extension Schedule {
     public func grid(marking cells: Set<ScheduleCell> = [], markingRows rows: Set<Int> = []) -> String {
         let texts = actions.map { $0.map(\.description) }
         let longestAction = texts.joined().map(\.count).max() ?? 1
-        /// Room for the action and its two markers.
-        let cellWidth = max(longestAction, String(max(0, (actions.map(\.count).max() ?? 1) - 1)).count) + 2
+        /// Room for the action, its two markers and a space between columns.
+        let cellWidth = max(longestAction, String(max(0, (actions.map(\.count).max() ?? 1) - 1)).count) + 3
         let labels = (0..<actions.count).map { "rank \($0)" }
         let labelWidth = (labels.map(\.count).max() ?? 0) + 2
 
