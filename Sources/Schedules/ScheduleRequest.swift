@@ -13,6 +13,13 @@
 ///   the Zero Bubble paper) with or without the flag; with it, the run of W
 ///   passes that ends each rank's step is concatenated into one `W*` per
 ///   chunk, the one thing 2BP adds to them.
+///
+/// Micro-batches: any M >= 1 for gpipe, 1f1b and the Zero Bubble schedules
+/// (with M < N the pipeline never fills and 1F1B's order becomes GPipe's;
+/// zb-v builds its shape for 2N - 1 and drops the micro-batches that do not
+/// exist); exactly 1 for naive; a multiple of N for interleaved.
+/// Chunks per rank: 1, except interleaved (any v >= 1, default 2) and zb-v
+/// (exactly 2).
 public struct ScheduleRequest: Sendable, Equatable, CustomStringConvertible {
     public var kind: ScheduleKind
     public var ranks: Int
