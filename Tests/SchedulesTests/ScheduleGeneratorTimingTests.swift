@@ -8,11 +8,11 @@ final class ScheduleGeneratorTimingTests: XCTestCase {
     /// down and speeds it up whenever there is more than one rank.
     func testTwoBPIsFasterThanPlain() throws {
         for kind in [ScheduleKind.naive, .gpipe, .oneFOneB1, .oneFOneB2, .interleaved] {
-            for ranks in rankCounts {
-                let counts = kind == .naive ? [1] : microBatchCounts(ranks: ranks).filter { kind != .interleaved || $0 % ranks == 0 }
+            for ranks in scheduleRankCounts {
+                let counts = kind == .naive ? [1] : scheduleMicroBatchCounts(ranks: ranks).filter { kind != .interleaved || $0 % ranks == 0 }
                 for microBatches in counts {
-                    let plain = unitTiming(try Schedule.make(kind: kind, ranks: ranks, microBatches: microBatches))
-                    let split = unitTiming(try Schedule.make(kind: kind, ranks: ranks, microBatches: microBatches, twoBP: true))
+                    let plain = scheduleUnitTiming(try Schedule.make(kind: kind, ranks: ranks, microBatches: microBatches))
+                    let split = scheduleUnitTiming(try Schedule.make(kind: kind, ranks: ranks, microBatches: microBatches, twoBP: true))
                     if ranks == 1 {
                         XCTAssertEqual(split.stepTime, plain.stepTime, "\(kind) on 1 rank, M \(microBatches)")
                     } else {
@@ -25,16 +25,16 @@ final class ScheduleGeneratorTimingTests: XCTestCase {
 
     /// 1F1B-1 on 4 ranks: 21 units plain, 16 with 2BP (the cool-down W fill and W*).
     func testOneFOneBStepTimes() throws {
-        XCTAssertEqual(unitTiming(try Schedule.make(kind: .oneFOneB1, ranks: 4)).stepTime, 21)
-        XCTAssertEqual(unitTiming(try Schedule.make(kind: .oneFOneB1, ranks: 4, twoBP: true)).stepTime, 16)
+        XCTAssertEqual(scheduleUnitTiming(try Schedule.make(kind: .oneFOneB1, ranks: 4)).stepTime, 21)
+        XCTAssertEqual(scheduleUnitTiming(try Schedule.make(kind: .oneFOneB1, ranks: 4, twoBP: true)).stepTime, 16)
     }
 
     /// Zero Bubble, section 2.1: ZB-H1's bubble is a third of 1F1B's.
     func testZeroBubbleH1HasAThirdOfTheOneFOneBBubble() throws {
-        for ranks in rankCounts where ranks > 1 {
+        for ranks in scheduleRankCounts where ranks > 1 {
             for microBatches in [ranks, 2 * ranks, 3 * ranks + 1] {
-                let oneFOneB = unitTiming(try Schedule.make(kind: .oneFOneB1, ranks: ranks, microBatches: microBatches))
-                let h1 = unitTiming(try Schedule.make(kind: .zeroBubbleH1, ranks: ranks, microBatches: microBatches))
+                let oneFOneB = scheduleUnitTiming(try Schedule.make(kind: .oneFOneB1, ranks: ranks, microBatches: microBatches))
+                let h1 = scheduleUnitTiming(try Schedule.make(kind: .zeroBubbleH1, ranks: ranks, microBatches: microBatches))
                 let oneFOneBBubble = (0..<ranks).map { oneFOneB.idleInsideSpan(rank: $0) }.max()!
                 let h1Bubble = (0..<ranks).map { h1.idleInsideSpan(rank: $0) }.max()!
                 XCTAssertEqual(oneFOneBBubble, 3 * (ranks - 1))
@@ -48,9 +48,9 @@ final class ScheduleGeneratorTimingTests: XCTestCase {
     /// slot between a rank's first and last action, and the step is the
     /// N - 1 slots of start-up longer than the 3M of work.
     func testZeroBubbleH2HasNoBubble() throws {
-        for ranks in rankCounts {
+        for ranks in scheduleRankCounts {
             for microBatches in [2 * ranks - 1, 2 * ranks, 3 * ranks + 1, 5 * ranks] {
-                let timing = unitTiming(try Schedule.make(kind: .zeroBubbleH2, ranks: ranks, microBatches: microBatches))
+                let timing = scheduleUnitTiming(try Schedule.make(kind: .zeroBubbleH2, ranks: ranks, microBatches: microBatches))
                 for rank in 0..<ranks {
                     XCTAssertEqual(timing.idleInsideSpan(rank: rank), 0, "ranks \(ranks), M \(microBatches), rank \(rank)")
                 }
@@ -61,9 +61,9 @@ final class ScheduleGeneratorTimingTests: XCTestCase {
 
     /// Zero Bubble's ZB-V: no bubble with M >= 2N, two chunks per rank.
     func testZeroBubbleVHasNoBubble() throws {
-        for ranks in rankCounts {
+        for ranks in scheduleRankCounts {
             for microBatches in [2 * ranks, 3 * ranks + 1] {
-                let timing = unitTiming(try Schedule.make(kind: .zeroBubbleV, ranks: ranks, microBatches: microBatches))
+                let timing = scheduleUnitTiming(try Schedule.make(kind: .zeroBubbleV, ranks: ranks, microBatches: microBatches))
                 for rank in 0..<ranks {
                     XCTAssertEqual(timing.idleInsideSpan(rank: rank), 0, "ranks \(ranks), M \(microBatches), rank \(rank)")
                 }
@@ -96,7 +96,7 @@ final class ScheduleGeneratorTimingTests: XCTestCase {
                 return peak
             }.max() ?? 0
         }
-        for ranks in rankCounts {
+        for ranks in scheduleRankCounts {
             let microBatches = 4 * ranks
             XCTAssertEqual(peak(try Schedule.make(kind: .oneFOneB1, ranks: ranks, microBatches: microBatches)), ranks)
             XCTAssertEqual(peak(try Schedule.make(kind: .zeroBubbleH1, ranks: ranks, microBatches: microBatches)), ranks)
