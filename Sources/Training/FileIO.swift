@@ -11,16 +11,20 @@ import Darwin
 /// survive partial writes and EINTR, fsync of files and folders, and reads that
 /// say which file is missing.
 enum FileIO {
-    /// Calls `body` with a sink writing to a new (truncated) file at `url`, then
-    /// fsyncs and closes it. The file is complete on disk when this returns.
+    /// Calls `body` with a sink writing a new file, then fsyncs it and renames it
+    /// to `url`: readers see the old file or the complete new one, never a torn
+    /// one, and a memory-mapped old file stays valid (it is never truncated).
     static func writeDurably(_ url: URL, _ body: (FileSink) throws -> Void) throws {
-        let sink = try FileSink(url: url, append: false)
+        let temporary = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".partial")
+        let sink = try FileSink(url: temporary, append: false)
         do {
             try body(sink)
             try sink.sync()
             try sink.close()
+            try rename(temporary, to: url)
         } catch {
             try? sink.close()
+            try? remove(temporary)
             throw error
         }
     }

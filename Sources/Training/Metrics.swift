@@ -62,8 +62,6 @@ public enum RunSummary {
     public static func write(_ summary: JSONValue, to url: URL) throws {
         guard case .object = summary else { throw TwoBPError("a run summary must be a JSON object") }
         try FileIO.createDirectory(url.deletingLastPathComponent())
-        let temporary = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".partial")
-        try FileIO.writeDurably(temporary, text: summary.prettyEncoded())
-        try FileIO.rename(temporary, to: url)
+        try FileIO.writeDurably(url, text: summary.prettyEncoded())
     }
 }

@@ -32,11 +32,9 @@ public final class TextCorpus: Sendable {
     /// short for both parts to hold one window of `sequenceLength + 1` bytes.
     public convenience init(contentsOf url: URL, sequenceLength: Int,
                             validationFraction: Double = TextCorpus.defaultValidationFraction) throws {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
+        guard FileManager.default.fileExists(atPath: url.path) else {
             throw TwoBPError("data file \(url.path) not found (scripts/setup-data.sh builds data/shakespeare.txt)")
         }
-        guard !isDirectory.boolValue else { throw TwoBPError("data file \(url.path) is a folder, not a text file") }
         let data = try FileIO.read(url, what: "data file")
         try self.init(bytes: [UInt8](data), sequenceLength: sequenceLength,
                       validationFraction: validationFraction, source: "data file \(url.path)")

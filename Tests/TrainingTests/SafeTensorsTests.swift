@@ -39,6 +39,17 @@ final class SafeTensorsTests: XCTestCase {
         XCTAssertEqual(try SafeTensors.encode(weights), [UInt8](bytes), "encode and write produce the same bytes")
     }
 
+    func testOverwritingAnOpenFileLeavesTheOpenArchiveValid() throws {
+        let folder = try temporaryFolder(self)
+        let url = folder.appendingPathComponent("model.safetensors")
+        try SafeTensors.write(weights, to: url)
+        let before = try SafeTensors.open(url)
+        try SafeTensors.write([(name: "other", tensor: ramp([1000]))], to: url)
+        XCTAssertEqual(try before.tensor("model.norm.weight").toArray(), [1, 1.25, 1.5], "the old file was replaced, not truncated")
+        XCTAssertEqual(try SafeTensors.open(url).names, ["other"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), ["model.safetensors"], "no temporary file left")
+    }
+
     func testLoadIntoParametersChecksNamesAndShapes() throws {
         let url = try temporaryFolder(self).appendingPathComponent("w.safetensors")
         try SafeTensors.write(weights, to: url)
