@@ -172,14 +172,8 @@ public final class AdamW {
         }
         // Check everything before copying anything, so a bad file leaves the state as it was.
         for parameter in parameters {
-            for name in [AdamW.firstMomentPrefix + parameter.name, AdamW.secondMomentPrefix + parameter.name] {
-                guard let entry = archive.entry(name) else { throw TwoBPError("\(archive.source): missing tensor '\(name)'") }
-                guard entry.shape == parameter.value.shape else {
-                    throw TwoBPError("\(archive.source): tensor '\(name)' has shape \(entry.shape), expected \(parameter.value.shape)")
-                }
-                guard entry.dtype.isLoadable else {
-                    throw TwoBPError("\(archive.source): tensor '\(name)' has dtype \(entry.dtype.rawValue), which cannot be loaded as Float32")
-                }
+            for prefix in [AdamW.firstMomentPrefix, AdamW.secondMomentPrefix] {
+                _ = try archive.loadableEntry(prefix + parameter.name, shape: parameter.value.shape)
             }
         }
         for (index, parameter) in parameters.enumerated() {

@@ -54,11 +54,7 @@ public enum Checkpoint {
     public static func save(in directory: URL, model: [[NamedTensor]], optimizer: [[NamedTensor]],
                             optimizerMetadata: [String: String], config: Data, state: TrainerState) throws -> URL {
         guard state.step >= 0 else { throw TwoBPError("cannot save a checkpoint for step \(state.step)") }
-        do {
-            guard case .object = try JSONValue.parse(config) else { throw TwoBPError("not a JSON object") }
-        } catch let error as TwoBPError {
-            throw TwoBPError("the model configuration to save is not a JSON object (\(error.message))")
-        }
+        try requireJSONObject(config) { "the model configuration to save is not a JSON object (\($0))" }
         try FileIO.createDirectory(directory)
         try removePartialFolders(in: directory)
         let name = folderName(step: state.step)
@@ -87,6 +83,17 @@ public enum Checkpoint {
             throw error
         }
         return final
+    }
+
+    /// Throws `message(reason)` unless `data` is one JSON object.
+    static func requireJSONObject(_ data: Data, message: (String) -> String) throws {
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(data)
+        } catch let error as TwoBPError {
+            throw TwoBPError(message(error.message))
+        }
+        guard case .object = value else { throw TwoBPError(message("not a JSON object")) }
     }
 
     /// Removes leftovers of interrupted saves (`.step-*.partial`).
@@ -177,11 +184,7 @@ public enum Checkpoint {
         }
         let configURL = folder.appendingPathComponent(configFileName)
         let config = try FileIO.read(configURL, what: "model configuration")
-        do {
-            guard case .object = try JSONValue.parse(config) else { throw TwoBPError("not a JSON object") }
-        } catch let error as TwoBPError {
-            throw TwoBPError("checkpoint \(folder.path): \(configFileName) is corrupt (\(error.message))")
-        }
+        try requireJSONObject(config) { "checkpoint \(folder.path): \(configFileName) is corrupt (\($0))" }
         return LoadedCheckpoint(folder: folder, state: state, config: Data(config),
                                 model: try SafeTensors.open(folder, baseName: modelBaseName),
                                 optimizer: try SafeTensors.open(folder, baseName: optimizerBaseName))

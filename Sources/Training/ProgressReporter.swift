@@ -40,8 +40,11 @@ public final class ProgressReporter {
         self.clock = clock
     }
 
+    /// Writes through `print`'s buffer and flushes, so reports and the caller's
+    /// own `print` lines come out in order.
     public static func standardOutput(_ text: String) {
-        FileHandle.standardOutput.write(Data(text.utf8))
+        print(text, terminator: "")
+        fflush(stdout)
     }
 
     public static func monotonicSeconds() -> Double {

@@ -323,32 +323,34 @@ public struct SafeTensorsFile {
         entryIndex[name].map { entries[$0] }
     }
 
-    /// A new Float32 tensor with the stored shape and values.
-    public func tensor(_ name: String) throws -> Tensor {
-        let entry = try requireEntry(name)
+    /// The entry `name`, checked to be loadable as Float32 and, when `shape` is
+    /// given, to have that shape; throws naming this file otherwise.
+    public func loadableEntry(_ name: String, shape: [Int]? = nil) throws -> SafeTensorsEntry {
+        guard let entry = entry(name) else { throw TwoBPError("safetensors file \(source): missing tensor '\(name)'") }
+        if let shape, entry.shape != shape {
+            throw TwoBPError("safetensors file \(source): tensor '\(name)' has shape \(entry.shape), expected \(shape)")
+        }
+        guard entry.dtype.isLoadable else {
+            throw TwoBPError("safetensors file \(source): tensor '\(name)' has dtype \(entry.dtype.rawValue), which cannot be loaded as Float32 (F32, F16, BF16 and F64 can)")
+        }
+        return entry
+    }
+
+    /// A new Float32 tensor with the stored values (and shape, which must equal `shape` when given).
+    public func tensor(_ name: String, shape: [Int]? = nil) throws -> Tensor {
+        let entry = try loadableEntry(name, shape: shape)
         let result = Tensor(zeros: entry.shape)
-        try copy(entry, into: result.pointer)
+        copy(entry, into: result.pointer)
         return result
     }
 
     /// Copies the tensor `name` into `destination`, whose shape must match the stored one.
     public func copy(_ name: String, into destination: Tensor) throws {
-        let entry = try requireEntry(name)
-        guard entry.shape == destination.shape else {
-            throw TwoBPError("safetensors file \(source): tensor '\(name)' has shape \(entry.shape), expected \(destination.shape)")
-        }
-        try copy(entry, into: destination.pointer)
+        copy(try loadableEntry(name, shape: destination.shape), into: destination.pointer)
     }
 
-    private func requireEntry(_ name: String) throws -> SafeTensorsEntry {
-        guard let entry = entry(name) else { throw TwoBPError("safetensors file \(source): missing tensor '\(name)'") }
-        return entry
-    }
-
-    private func copy(_ entry: SafeTensorsEntry, into destination: UnsafeMutablePointer<Float>) throws {
-        guard entry.dtype.isLoadable else {
-            throw TwoBPError("safetensors file \(source): tensor '\(entry.name)' has dtype \(entry.dtype.rawValue), which cannot be loaded as Float32 (F32, F16, BF16 and F64 can)")
-        }
+    /// Converts `entry`'s bytes (a loadable dtype) into `destination`.
+    private func copy(_ entry: SafeTensorsEntry, into destination: UnsafeMutablePointer<Float>) {
         let count = entry.elementCount
         bytes.withUnsafeBytes { raw in
             let source = UnsafeRawBufferPointer(rebasing: raw[(dataStart + entry.dataOffsets.lowerBound)..<(dataStart + entry.dataOffsets.upperBound)])
@@ -368,7 +370,7 @@ public struct SafeTensorsFile {
                     destination[i] = halfToFloat(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
                 }
             default:
-                break
+                preconditionFailure("loadableEntry admits only F32, F64, BF16 and F16")
             }
         }
     }
@@ -452,13 +454,14 @@ public struct SafeTensorsArchive {
         location[name].flatMap { files[$0].entry(name) }
     }
 
+    /// `SafeTensorsFile.loadableEntry` in the file holding `name`.
+    public func loadableEntry(_ name: String, shape: [Int]? = nil) throws -> SafeTensorsEntry {
+        try fileHolding(name).loadableEntry(name, shape: shape)
+    }
+
     /// A new Float32 tensor; when `shape` is given, the stored shape must equal it.
     public func tensor(_ name: String, shape: [Int]? = nil) throws -> Tensor {
-        let file = try fileHolding(name)
-        if let shape, let stored = file.entry(name)?.shape, stored != shape {
-            throw TwoBPError("safetensors file \(file.source): tensor '\(name)' has shape \(stored), expected \(shape)")
-        }
-        return try file.tensor(name)
+        try fileHolding(name).tensor(name, shape: shape)
     }
 
     /// Copies `name` into `destination` (shapes must match).
