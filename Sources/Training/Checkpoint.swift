@@ -1,0 +1,212 @@
+import Foundation
+import Layers
+import Tensor
+
+/// Checkpoints: one folder per saved step, `DIR/step-N/`, holding
+///
+/// - `model.safetensors` (or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`):
+///   the weights under their Hugging Face names, F32, matrices `[out, in]`;
+/// - `optimizer.safetensors` (or its shards + index): AdamW moments `m.<name>` and
+///   `v.<name>`, the step count in the metadata;
+/// - `config.json`: the model configuration as the caller encoded it;
+/// - `trainer_state.json`: `TrainerState`.
+///
+/// Saving is atomic: everything is written into the hidden sibling
+/// `DIR/.step-N.partial`, fsynced, then renamed to `step-N` and the parent
+/// fsynced. A run killed mid-save leaves only the partial folder, which
+/// `latest(in:)` ignores and the next save removes; earlier steps stay intact.
+/// One process saves into a `DIR` at a time.
+public enum Checkpoint {
+    public static let modelBaseName = "model"
+    public static let optimizerBaseName = "optimizer"
+    public static let configFileName = "config.json"
+    public static let stateFileName = "trainer_state.json"
+
+    public static func folderName(step: Int) -> String { "step-\(step)" }
+
+    static let partialPrefix = ".step-"
+    static let partialSuffix = ".partial"
+
+    /// Saves every stage's weights and AdamW state: one optimizer per pipeline
+    /// stage, its `parameters` being that stage's weights. With
+    /// `shardPerStage`, stage i's tensors go to shard i (Hugging Face sharded
+    /// form); otherwise all go to one `model.safetensors` / `optimizer.safetensors`.
+    /// The step is `state.step`. Returns the `step-N` folder.
+    @discardableResult
+    public static func save(in directory: URL, optimizers: [AdamW], config: Data, state: TrainerState,
+                            shardPerStage: Bool = false) throws -> URL {
+        guard let first = optimizers.first else { throw TwoBPError("a checkpoint needs at least one optimizer (stage)") }
+        guard optimizers.allSatisfy({ $0.step == first.step }) else {
+            throw TwoBPError("the stages' optimizers disagree on the step count: \(optimizers.map(\.step))")
+        }
+        let modelShards = optimizers.map { $0.parameters.map { (name: $0.name, tensor: $0.value) } }
+        let optimizerShards = optimizers.map { $0.stateTensors() }
+        return try save(in: directory,
+                        model: shardPerStage ? modelShards : [modelShards.flatMap { $0 }],
+                        optimizer: shardPerStage ? optimizerShards : [optimizerShards.flatMap { $0 }],
+                        optimizerMetadata: first.stateMetadata, config: config, state: state)
+    }
+
+    /// Saves already-collected tensors (for example gathered from MPI ranks):
+    /// one shard per element of `model` and of `optimizer` (one element: a single
+    /// file). `config` must be a JSON object.
+    @discardableResult
+    public static func save(in directory: URL, model: [[NamedTensor]], optimizer: [[NamedTensor]],
+                            optimizerMetadata: [String: String], config: Data, state: TrainerState) throws -> URL {
+        guard state.step >= 0 else { throw TwoBPError("cannot save a checkpoint for step \(state.step)") }
+        try requireJSONObject(config) { "the model configuration to save is not a JSON object (\($0))" }
+        try FileIO.createDirectory(directory)
+        try removePartialFolders(in: directory)
+        let name = folderName(step: state.step)
+        let partial = directory.appendingPathComponent(partialPrefix + "\(state.step)" + partialSuffix)
+        let final = directory.appendingPathComponent(name)
+        do {
+            try FileIO.createDirectory(partial)
+            try SafeTensors.writeSharded(model, to: partial, baseName: modelBaseName)
+            try SafeTensors.writeSharded(optimizer, to: partial, baseName: optimizerBaseName, metadata: optimizerMetadata)
+            try FileIO.writeDurably(partial.appendingPathComponent(configFileName), bytes: [UInt8](config))
+            try FileIO.writeDurably(partial.appendingPathComponent(stateFileName), bytes: [UInt8](state.encoded()))
+            try FileIO.syncDirectory(partial)
+            if FileManager.default.fileExists(atPath: final.path) {
+                // Saving a step again (after a resume): move the old one aside first,
+                // since rename cannot replace a non-empty folder.
+                let replaced = directory.appendingPathComponent(partialPrefix + "\(state.step).replaced" + partialSuffix)
+                try FileIO.rename(final, to: replaced)
+                try FileIO.rename(partial, to: final)
+                try FileIO.remove(replaced)
+            } else {
+                try FileIO.rename(partial, to: final)
+            }
+            try FileIO.syncDirectory(directory)
+        } catch {
+            try? FileIO.remove(partial)
+            throw error
+        }
+        return final
+    }
+
+    /// Throws `message(reason)` unless `data` is one JSON object.
+    static func requireJSONObject(_ data: Data, message: (String) -> String) throws {
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(data)
+        } catch let error as TwoBPError {
+            throw TwoBPError(message(error.message))
+        }
+        guard case .object = value else { throw TwoBPError(message("not a JSON object")) }
+    }
+
+    /// Removes leftovers of interrupted saves (`.step-*.partial`).
+    static func removePartialFolders(in directory: URL) throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        for name in names where name.hasPrefix(partialPrefix) && name.hasSuffix(partialSuffix) {
+            try FileIO.remove(directory.appendingPathComponent(name))
+        }
+    }
+
+    /// The pieces a complete step folder lacks (empty when complete).
+    public static func missingPieces(in folder: URL) -> [String] {
+        var missing: [String] = []
+        for base in [modelBaseName, optimizerBaseName] {
+            let single = folder.appendingPathComponent("\(base).safetensors")
+            let index = folder.appendingPathComponent("\(base).safetensors.index.json")
+            if !FileIO.isFile(single) && !FileIO.isFile(index) { missing.append("\(base).safetensors") }
+        }
+        for file in [configFileName, stateFileName] where !FileIO.isFile(folder.appendingPathComponent(file)) {
+            missing.append(file)
+        }
+        return missing
+    }
+
+    /// The step of a folder named `step-N`, or nil.
+    static func step(ofFolderNamed name: String) -> Int? {
+        guard name.hasPrefix("step-") else { return nil }
+        let digits = name.dropFirst(5)
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return Int(digits)
+    }
+
+    /// The complete `step-N` folder with the highest N in `directory`, or nil
+    /// when there is none (or no `directory`). Partial folders and step folders
+    /// missing a piece are skipped.
+    public static func latest(in directory: URL) throws -> URL? {
+        guard FileIO.isDirectory(directory) else { return nil }
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+        } catch {
+            throw TwoBPError("cannot list checkpoint folder \(directory.path): \(error.localizedDescription)")
+        }
+        let candidates = names.compactMap { name in step(ofFolderNamed: name).map { (step: $0, name: name) } }
+            .sorted { $0.step > $1.step }
+        for candidate in candidates {
+            let folder = directory.appendingPathComponent(candidate.name)
+            if FileIO.isDirectory(folder) && missingPieces(in: folder).isEmpty { return folder }
+        }
+        return nil
+    }
+
+    /// What `--resume PATH` names: a step folder (it holds `trainer_state.json`),
+    /// or a checkpoint directory, meaning its latest complete step.
+    public static func resolve(_ url: URL) throws -> URL {
+        guard FileIO.isDirectory(url) else {
+            throw TwoBPError(FileManager.default.fileExists(atPath: url.path)
+                ? "\(url.path) is a file; --resume takes a checkpoint folder (DIR or DIR/step-N)"
+                : "no checkpoint at \(url.path)")
+        }
+        if FileIO.isFile(url.appendingPathComponent(stateFileName)) || step(ofFolderNamed: url.lastPathComponent) != nil {
+            let missing = missingPieces(in: url)
+            guard missing.isEmpty else {
+                throw TwoBPError("checkpoint \(url.path) is incomplete: missing \(missing.joined(separator: ", "))")
+            }
+            return url
+        }
+        guard let folder = try latest(in: url) else {
+            throw TwoBPError("\(url.path) holds no complete checkpoint (a step-N folder with model.safetensors, optimizer.safetensors, config.json and trainer_state.json)")
+        }
+        return folder
+    }
+
+    /// Opens and validates a step folder (or, through `resolve`, a directory).
+    public static func load(from url: URL) throws -> LoadedCheckpoint {
+        let folder = try resolve(url)
+        let stateURL = folder.appendingPathComponent(stateFileName)
+        let state: TrainerState
+        do {
+            state = try TrainerState.decode(FileIO.read(stateURL, what: "trainer state"))
+        } catch let error as TwoBPError {
+            throw TwoBPError("checkpoint \(folder.path): \(error.message)")
+        } catch {
+            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) is corrupt (\(error))")
+        }
+        if let named = step(ofFolderNamed: folder.lastPathComponent), named != state.step {
+            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) says step \(state.step), the folder name says \(named)")
+        }
+        let configURL = folder.appendingPathComponent(configFileName)
+        let config = try FileIO.read(configURL, what: "model configuration")
+        try requireJSONObject(config) { "checkpoint \(folder.path): \(configFileName) is corrupt (\($0))" }
+        return LoadedCheckpoint(folder: folder, state: state, config: Data(config),
+                                model: try SafeTensors.open(folder, baseName: modelBaseName),
+                                optimizer: try SafeTensors.open(folder, baseName: optimizerBaseName))
+    }
+}
+
+/// A validated checkpoint: its files are checked and mapped, tensors are read on demand.
+public struct LoadedCheckpoint {
+    /// The `step-N` folder.
+    public let folder: URL
+    public let state: TrainerState
+    /// `config.json` as saved (a JSON object); decode it into the model's configuration.
+    public let config: Data
+    public let model: SafeTensorsArchive
+    public let optimizer: SafeTensorsArchive
+
+    /// Copies the weights into each optimizer's parameters and restores its
+    /// moments and step count (one optimizer per stage, as saved).
+    public func restore(into optimizers: [AdamW]) throws {
+        for optimizer in optimizers {
+            try model.load(into: optimizer.parameters)
+            try optimizer.loadState(from: self.optimizer)
+        }
+    }
+}
