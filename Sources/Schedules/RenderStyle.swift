@@ -6,12 +6,14 @@ import Foundation
 /// One place for these so an SVG, a Chrome trace and a terminal picture of the
 /// same timeline agree with each other and with the legend.
 enum RenderStyle {
-    /// Fill colour of an action (`W*` darker than a single `W`, so the
-    /// concatenated p2 at the end of a 2BP step stands out).
+    /// Fill colour of an action: four well-separated hues (blue, amber, green,
+    /// purple) so a lighter later chunk of one kind is not mistaken for another
+    /// kind; `W*` darker than a single `W`, so the concatenated p2 at the end of
+    /// a 2BP step stands out.
     static func colour(of action: Action) -> RGB {
         switch action.kind {
         case .forward: return RGB(0x3B, 0x6F, 0xB6)
-        case .backwardInput: return RGB(0x2A, 0x9D, 0x8F)
+        case .backwardInput: return RGB(0xE0, 0x9B, 0x2D)
         case .backwardWeight: return action.microBatch == nil ? RGB(0x3F, 0x7A, 0x2E) : RGB(0x7C, 0xB3, 0x5E)
         case .backwardFull: return RGB(0x8E, 0x5C, 0xC7)
         case .sendActivation, .receiveActivation, .sendGradient, .receiveGradient: return RGB(0x88, 0x88, 0x88)

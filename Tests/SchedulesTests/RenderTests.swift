@@ -139,11 +139,4 @@ final class RenderTests: XCTestCase {
         XCTAssertTrue(text.contains("rank 0 |FF..B0.B1| idle 33.3%"), text)
         XCTAssertEqual(TimelineText.label(of: Action(.forward, 12, chunk: 1), columns: 5), "1F12-")
     }
-
-    /// Writes the example figures when TWOBP_FIGURES is set to a directory:
-    /// `TWOBP_FIGURES=docs/figures swift test --filter RenderTests`.
-    func testWriteExampleFiguresWhenAsked() throws {
-        guard let directory = ProcessInfo.processInfo.environment["TWOBP_FIGURES"] else { return }
-        try ExampleFigures.write(to: URL(fileURLWithPath: directory))
-    }
 }
