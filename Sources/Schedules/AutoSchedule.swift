@@ -17,7 +17,7 @@ public enum AutoSchedule {
     ///   uses `costs.memoryLimit`, and no limit when that is nil too.
     public static func build(ranks: Int, microBatches: Int, costs: CostModel, memoryLimit: Int? = nil) throws -> Result {
         guard ranks > 0, microBatches > 0 else {
-            throw SimulationError("the auto scheduler needs at least one rank and one micro-batch, got \(ranks) and \(microBatches)")
+            throw ScheduleError(.invalidRequest, "the auto scheduler needs at least one rank and one micro-batch, got \(ranks) and \(microBatches)")
         }
         try costs.check(virtualStages: ranks)
         let limit = memoryLimit ?? costs.memoryLimit
@@ -26,7 +26,7 @@ public enum AutoSchedule {
             let stage = costs.stage(rank)
             let smallest = stage.staticBytes + stage.activationBytes + max(0, stage.stashBytes - stage.activationBytes)
             guard smallest <= limit else {
-                throw SimulationError("memory limit \(RenderStyle.bytes(limit)) per rank is below what rank \(rank) needs for one micro-batch in flight (\(RenderStyle.bytes(smallest)): static \(RenderStyle.bytes(stage.staticBytes)), activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)))")
+                throw ScheduleError(.invalidRequest, "memory limit \(RenderStyle.bytes(limit)) per rank is below what rank \(rank) needs for one micro-batch in flight (\(RenderStyle.bytes(smallest)): static \(RenderStyle.bytes(stage.staticBytes)), activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)))")
             }
             return limit - stage.staticBytes
         }
@@ -46,7 +46,7 @@ public enum AutoSchedule {
             best = (schedule, timeline, peak)
         }
         guard let best else {
-            throw SimulationError("no schedule of \(microBatches) micro-batches on \(ranks) ranks fits a memory limit of \(limit.map(RenderStyle.bytes) ?? "none") per rank")
+            throw ScheduleError(.invalidRequest, "no schedule of \(microBatches) micro-batches on \(ranks) ranks fits a memory limit of \(limit.map(RenderStyle.bytes) ?? "none") per rank")
         }
         return Result(schedule: best.schedule, timeline: best.timeline, candidatesTried: tried)
     }

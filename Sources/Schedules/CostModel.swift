@@ -122,22 +122,22 @@ public struct CostModel: Codable, Sendable, Equatable {
     /// Throws unless the model covers `virtualStages` stages and its numbers make sense.
     public func check(virtualStages: Int) throws {
         guard stages.count == 1 || stages.count == virtualStages else {
-            throw SimulationError("the cost model has \(stages.count) stages but the schedule has \(virtualStages) virtual stages (give one entry per stage, or one for all)")
+            throw ScheduleError(.invalidRequest, "the cost model has \(stages.count) stages but the schedule has \(virtualStages) virtual stages (give one entry per stage, or one for all)")
         }
         for (index, stage) in stages.enumerated() {
             let times = [stage.forward, stage.backwardInput, stage.backwardWeight] + (stage.concatenatedBackwardWeight ?? [])
             guard times.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
-                throw SimulationError("stage \(index) of the cost model has a negative or non-finite time")
+                throw ScheduleError(.invalidRequest, "stage \(index) of the cost model has a negative or non-finite time")
             }
             guard stage.activationBytes >= 0, stage.stashBytes >= 0, stage.staticBytes >= 0 else {
-                throw SimulationError("stage \(index) of the cost model has negative memory")
+                throw ScheduleError(.invalidRequest, "stage \(index) of the cost model has negative memory")
             }
         }
         guard latency.isFinite, latency >= 0, bandwidth.map({ $0 > 0 }) ?? true, messageBytes >= 0 else {
-            throw SimulationError("communication costs need latency >= 0, bandwidth > 0 and message bytes >= 0")
+            throw ScheduleError(.invalidRequest, "communication costs need latency >= 0, bandwidth > 0 and message bytes >= 0")
         }
         guard concatenationEfficiency.isFinite, concatenationEfficiency >= 0 else {
-            throw SimulationError("concatenation efficiency must be a finite number >= 0")
+            throw ScheduleError(.invalidRequest, "concatenation efficiency must be a finite number >= 0")
         }
     }
 

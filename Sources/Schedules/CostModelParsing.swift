@@ -32,21 +32,21 @@ extension CostModel {
         for field in text.split(separator: ",", omittingEmptySubsequences: true) {
             let parts = field.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
             guard parts.count == 2 else {
-                throw SimulationError("cost '\(field)' is not of the form KEY=NUMBER (e.g. F=1,I=1,W=1)")
+                throw ScheduleError(.parse, "cost '\(field)' is not of the form KEY=NUMBER (e.g. F=1,I=1,W=1)")
             }
             guard let key = TextKey(rawValue: parts[0]) else {
                 let known = TextKey.allCases.map(\.rawValue).joined(separator: ", ")
-                throw SimulationError("unknown cost key '\(parts[0])'; known keys: \(known)")
+                throw ScheduleError(.parse, "unknown cost key '\(parts[0])'; known keys: \(known)")
             }
             guard let value = Double(parts[1]), value.isFinite, value >= 0 else {
-                throw SimulationError("cost \(parts[0]) must be a number >= 0, got '\(parts[1])'")
+                throw ScheduleError(.parse, "cost \(parts[0]) must be a number >= 0, got '\(parts[1])'")
             }
             guard values.updateValue(value, forKey: key) == nil else {
-                throw SimulationError("cost \(parts[0]) is given twice")
+                throw ScheduleError(.parse, "cost \(parts[0]) is given twice")
             }
         }
         guard let forward = values[.forward] else {
-            throw SimulationError("costs need F (forward seconds), e.g. F=1,I=1,W=1")
+            throw ScheduleError(.parse, "costs need F (forward seconds), e.g. F=1,I=1,W=1")
         }
         let (backwardInput, backwardWeight) = try Self.splitBackward(
             input: values[.backwardInput], weight: values[.backwardWeight], full: values[.backwardFull])
@@ -67,19 +67,19 @@ extension CostModel {
             return (input, weight)
         case let (input?, weight?, full?):
             guard abs(input + weight - full) <= 1e-9 * max(1, full) else {
-                throw SimulationError("B must equal I + W, got I=\(input), W=\(weight), B=\(full)")
+                throw ScheduleError(.parse, "B must equal I + W, got I=\(input), W=\(weight), B=\(full)")
             }
             return (input, weight)
         case let (input?, nil, full?):
-            guard full >= input else { throw SimulationError("B=\(full) is smaller than I=\(input)") }
+            guard full >= input else { throw ScheduleError(.parse, "B=\(full) is smaller than I=\(input)") }
             return (input, full - input)
         case let (nil, weight?, full?):
-            guard full >= weight else { throw SimulationError("B=\(full) is smaller than W=\(weight)") }
+            guard full >= weight else { throw ScheduleError(.parse, "B=\(full) is smaller than W=\(weight)") }
             return (full - weight, weight)
         case let (nil, nil, full?):
             return (full / 2, full / 2)
         case (_, _, nil):
-            throw SimulationError("costs need the backward: I and W, or B (= I + W)")
+            throw ScheduleError(.parse, "costs need the backward: I and W, or B (= I + W)")
         }
     }
 
@@ -89,9 +89,9 @@ extension CostModel {
         do {
             self = try JSONDecoder().decode(CostModel.self, from: json)
         } catch let error as DecodingError {
-            throw SimulationError("cost model JSON is not valid: \(Self.describe(error))")
+            throw ScheduleError(.parse, "cost model JSON is not valid: \(Self.describe(error))")
         }
-        guard !stages.isEmpty else { throw SimulationError("cost model JSON has no stages") }
+        guard !stages.isEmpty else { throw ScheduleError(.invalidRequest, "cost model JSON has no stages") }
         try check(virtualStages: stages.count)
     }
 

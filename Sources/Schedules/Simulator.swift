@@ -56,15 +56,16 @@ struct SimulatorRun {
     var memoryChanges: [[Int]]
 
     init(schedule: Schedule, costs: CostModel) throws {
+        try ScheduleValidator.checkShape(schedule)
         try costs.check(virtualStages: schedule.virtualStages)
         self.schedule = schedule
         self.costs = costs
-        rankOfStage = try Self.rankOfStage(schedule)
+        let stages = StageMap(schedule)
+        rankOfStage = (0..<schedule.virtualStages).map { stages.rank(ofStage: $0)! }  // checkShape: a permutation
         compute = Array(repeating: [], count: schedule.ranks)
         communication = Array(repeating: [], count: schedule.ranks)
         for rank in 0..<schedule.ranks {
             for (position, action) in schedule.actions[rank].enumerated() {
-                try Self.checkRange(action, rank: rank, position: position, schedule: schedule)
                 let slot = Slot(action: action, position: position)
                 if action.kind.isCommunication { communication[rank].append(slot) } else { compute[rank].append(slot) }
             }
@@ -73,33 +74,6 @@ struct SimulatorRun {
         freeAt = Array(repeating: 0, count: schedule.ranks)
         pendingWeight = Array(repeating: Array(repeating: [], count: schedule.chunksPerRank), count: schedule.ranks)
         memoryChanges = Array(repeating: [], count: schedule.ranks)
-    }
-
-    /// Inverts the placement, refusing stages placed twice or not at all.
-    private static func rankOfStage(_ schedule: Schedule) throws -> [Int] {
-        var owner = [Int?](repeating: nil, count: schedule.virtualStages)
-        for rank in 0..<schedule.ranks {
-            for chunk in 0..<schedule.chunksPerRank {
-                let stage = schedule.placement[rank][chunk]
-                guard owner.indices.contains(stage) else {
-                    throw SimulationError("placement puts stage \(stage) on rank \(rank), but stages run from 0 to \(schedule.virtualStages - 1)")
-                }
-                if let other = owner[stage] {
-                    throw SimulationError("placement puts stage \(stage) on both rank \(other) and rank \(rank)")
-                }
-                owner[stage] = rank
-            }
-        }
-        return owner.map { $0! }
-    }
-
-    private static func checkRange(_ action: Action, rank: Int, position: Int, schedule: Schedule) throws {
-        guard (0..<schedule.chunksPerRank).contains(action.chunk) else {
-            throw SimulationError("rank \(rank), action \(position) (\(action)): chunk \(action.chunk) does not exist (\(schedule.chunksPerRank) per rank)")
-        }
-        if let microBatch = action.microBatch, !(0..<schedule.microBatches).contains(microBatch) {
-            throw SimulationError("rank \(rank), action \(position) (\(action)): micro-batch \(microBatch) does not exist (\(schedule.microBatches) in the step)")
-        }
     }
 
     private func transferTime(from producer: Int, to consumer: Int) -> Double {
@@ -135,7 +109,8 @@ struct SimulatorRun {
             let inputGradient = SimulatorWork(phase: .inputGradient, stage: stage, microBatch: microBatch)
             guard finished[inputGradient] != nil else { return .waiting(for: inputGradient) }
             guard pendingWeight[rank][action.chunk].contains(microBatch) else {
-                throw SimulationError("rank \(rank) runs \(action), but micro-batch \(microBatch) of stage \(stage) has no pending p2 (its backward was a fused B, or its W already ran)")
+                throw failure(.repeated, "rank \(rank) runs \(action), but micro-batch \(microBatch) of stage \(stage) has no pending p2 (its backward was a fused B, or its W already ran)",
+                              at: rank, position: compute[rank][next[rank]].position)
             }
             return .ready(at: 0)
         case .sendActivation, .receiveActivation, .sendGradient, .receiveGradient:
@@ -153,7 +128,7 @@ struct SimulatorRun {
             }
         }
         if (0..<schedule.ranks).contains(where: { next[$0] < compute[$0].count }) {
-            throw SimulationError(try deadlockMessage())
+            throw try deadlock()
         }
     }
 
@@ -182,7 +157,8 @@ struct SimulatorRun {
             + concatenated.map { SimulatorWork(phase: .weightGradient, stage: stage, microBatch: $0) }
         for work in done {
             guard finished.updateValue(end, forKey: work) == nil else {
-                throw SimulationError("rank \(rank), action \(slot.position) (\(action)) repeats \(work), which already ran")
+                throw failure(.repeated, "rank \(rank), action \(slot.position) (\(action)) repeats \(work), which already ran",
+                              at: rank, position: slot.position)
             }
         }
         if action.kind == .backwardInput, let microBatch = action.microBatch {
@@ -196,9 +172,16 @@ struct SimulatorRun {
         return true
     }
 
+    /// The error for a schedule that stops half-way, with the grid the
+    /// validator prints and the offending cell marked.
+    private func failure(_ reason: ScheduleError.Reason, _ headline: String, at rank: Int, position: Int) -> ScheduleError {
+        ScheduleValidator.failure(reason, headline, in: schedule, cells: [ScheduleCell(rank: rank, step: position)])
+    }
+
     /// Names every stuck rank, the action it is stuck at and who owes it what.
-    private func deadlockMessage() throws -> String {
-        var lines = ["deadlock: no rank can run its next action"]
+    private func deadlock() throws -> ScheduleError {
+        var cells: [ScheduleCell] = []
+        var details: [String] = []
         for rank in 0..<schedule.ranks where next[rank] < compute[rank].count {
             let slot = compute[rank][next[rank]]
             let stage = schedule.stage(rank: rank, chunk: slot.action.chunk)
@@ -217,9 +200,10 @@ struct SimulatorRun {
             case (nil, _):
                 who = "which no action of rank \(owner) (the owner of stage \(work.stage)) runs"
             }
-            lines.append("  rank \(rank) waits at action \(slot.position) (\(slot.action)) for \(work), \(who)")
+            cells.append(ScheduleCell(rank: rank, step: slot.position))
+            details.append("rank \(rank) waits at action \(slot.position) (\(slot.action)) for \(work), \(who)")
         }
-        return lines.joined(separator: "\n")
+        return ScheduleValidator.failure(.deadlock, "deadlock: no rank can run its next action", in: schedule, cells: cells, details: details)
     }
 
     /// Adds each lowered SEND/RECV as the transfer interval it stands for.
@@ -239,11 +223,13 @@ struct SimulatorRun {
                 }
                 let stages = 0..<schedule.virtualStages
                 guard stages.contains(producerStage), stages.contains(consumerStage) else {
-                    throw SimulationError("rank \(rank), action \(slot.position) (\(action)): stage \(stage) has no neighbour to exchange with in that direction")
+                    throw failure(.communication, "rank \(rank), action \(slot.position) (\(action)): stage \(stage) has no neighbour to exchange with in that direction",
+                                  at: rank, position: slot.position)
                 }
                 let work = SimulatorWork(phase: phase, stage: producerStage, microBatch: microBatch)
                 guard let start = finished[work] else {
-                    throw SimulationError("rank \(rank), action \(slot.position) (\(action)) transfers \(work), which never runs")
+                    throw failure(.missing, "rank \(rank), action \(slot.position) (\(action)) transfers \(work), which never runs",
+                                  at: rank, position: slot.position)
                 }
                 let end = start + transferTime(from: rankOfStage[producerStage], to: rankOfStage[consumerStage])
                 events.append(TimelineEvent(rank: rank, action: action, start: start, end: end))

@@ -132,6 +132,9 @@ final class SimulatorTests: XCTestCase {
             XCTAssertTrue(message.contains("rank 1 waits at action 1 (F1)"), message)
             XCTAssertTrue(message.contains("rank 1 is stuck at action 1 (F1)"), message)
             XCTAssertTrue(message.contains("rank 0 is stuck at action 1 (I0)"), message)
+            let scheduleError = error as? ScheduleError
+            XCTAssertEqual(scheduleError?.reason, .deadlock)
+            XCTAssertEqual(scheduleError?.cells, [ScheduleCell(rank: 0, step: 1), ScheduleCell(rank: 1, step: 1)])
         }
     }
 
@@ -150,13 +153,14 @@ final class SimulatorTests: XCTestCase {
         let cases: [(Schedule, String)] = [
             (HandBuilt.parse(["F0 F0 B0"], microBatches: 1), "repeats F of stage 0, micro-batch 0"),
             (HandBuilt.parse(["F0 B0 W0"], microBatches: 1), "has no pending p2"),
-            (HandBuilt.parse(["F3"], microBatches: 1), "micro-batch 3 does not exist"),
-            (HandBuilt.parse(["1F0"], microBatches: 1), "chunk 1 does not exist"),
+            (HandBuilt.parse(["F3"], microBatches: 1), "names micro-batch 3"),
+            (HandBuilt.parse(["1F0"], microBatches: 1), "names chunk 1"),
             (HandBuilt.parse(["F0 SEND_F0 B0"], microBatches: 1), "has no neighbour"),
         ]
         for (schedule, expected) in cases {
             XCTAssertThrowsError(try Simulator.simulate(schedule, costs: HandBuilt.equalCosts)) { error in
                 XCTAssertTrue(String(describing: error).contains(expected), "\(error)")
+                XCTAssertEqual((error as? ScheduleError)?.cells.count, 1, "the faulty action is marked: \(error)")
             }
         }
         let twoStages = CostModel(stages: Array(repeating: HandBuilt.equalCosts.stages[0], count: 2))
