@@ -35,7 +35,7 @@ public struct TrainingReport {
     public func write() throws {
         if let url = settings.summary { try RunSummary.write(summary, to: url) }
         if let url = settings.timeline {
-            try Data(ChromeTrace.render(outcome.lastStepTimeline).utf8).write(to: url)
+            try Data(ChromeTrace.render(outcome.lastStepTimeline, name: settings.pipeline.description).utf8).write(to: url)
         }
         let loss = outcome.losses.last.map { String(format: "%.4f", $0) } ?? "-"
         let validation = outcome.validationLoss.map { String(format: "%.4f", $0) } ?? "-"
