@@ -16,6 +16,18 @@
 /// are, so the simulator advances each rank while it can and reports a
 /// deadlock when no rank can: the same answer a discrete-event queue gives.
 public enum Simulator {
+    /// The predicted timeline, with `peakMemory` per rank: the static bytes of
+    /// its chunks plus the highest running sum of its actions' memory changes
+    /// (`CostModel.memoryDelta`, applied as each action ends).
+    ///
+    /// - Throws: `ScheduleError` with the offending cells marked:
+    ///   `.outOfRange` for a broken placement or an action naming a chunk or
+    ///   micro-batch that does not exist, `.invalidRequest` for a cost model
+    ///   that does not fit the schedule, `.repeated` for work done twice (or a
+    ///   W with no pending p1), `.deadlock` when no rank can go on (naming each
+    ///   stuck rank, the action it is stuck at, the work it waits for and who
+    ///   owes it), `.communication` / `.missing` for a SEND/RECV with no
+    ///   neighbour or no producer.
     public static func simulate(_ schedule: Schedule, costs: CostModel) throws -> Timeline {
         var run = try SimulatorRun(schedule: schedule, costs: costs)
         try run.runCompute()
