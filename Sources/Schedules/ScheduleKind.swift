@@ -40,10 +40,10 @@ public enum ScheduleKind: String, CaseIterable, Sendable, Codable, CustomStringC
     ///
     /// naive: 1 (that is what naive means); gpipe and 1f1b-1: N, the 2BP
     /// paper's 1F1B-1 setting; 1f1b-2 and interleaved: 2N (the paper's 1F1B-2,
-    /// and a multiple of N as Megatron requires); zb-h1, zb-h2: 2N, the smallest
-    /// M at which ZB-H2 reaches its zero-bubble steady state (it needs 2N-1
-    /// warm-up forwards on rank 0); zb-v: 2N, the micro-batch count at which
-    /// its handcrafted V shape is complete (it pads to 2N-1).
+    /// and a multiple of N as Megatron requires); zb-h1, zb-h2, zb-v: 2N, a
+    /// full pipeline for each: ZB-H2 needs M >= 2N - 1 (rank 0 warms up with
+    /// 2N - 1 forwards) and ZB-V M >= 2N to have no bubble. The Zero Bubble
+    /// paper's own runs use larger M; pass it explicitly.
     public func defaultMicroBatches(ranks: Int) -> Int {
         switch self {
         case .naive: 1

@@ -13,6 +13,14 @@
 ///   the Zero Bubble paper) with or without the flag; with it, the run of W
 ///   passes that ends each rank's step is concatenated into one `W*` per
 ///   chunk, the one thing 2BP adds to them.
+///
+/// Micro-batches: any M >= 1 for gpipe, 1f1b and the Zero Bubble schedules
+/// (with M < N the pipeline never fills: ranks whose warm-up covers all M
+/// run GPipe's order;
+/// zb-v builds its shape for 2N - 1 and drops the micro-batches that do not
+/// exist); exactly 1 for naive; a multiple of N for interleaved.
+/// Chunks per rank: 1, except interleaved (any v >= 1, default 2) and zb-v
+/// (exactly 2).
 public struct ScheduleRequest: Sendable, Equatable, CustomStringConvertible {
     public var kind: ScheduleKind
     public var ranks: Int
@@ -79,30 +87,20 @@ public struct ScheduleRequest: Sendable, Equatable, CustomStringConvertible {
     /// Generates the schedule (compute actions only; call `lowered()` for the sends and receives).
     public func make() throws -> Schedule {
         let shape = try resolved()
-        let placement: [[Int]]
-        let generator: any ScheduleGenerator.Type
-        switch kind {
-        case .naive:
-            generator = NaiveGenerator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
-        case .gpipe:
-            generator = GPipeGenerator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
-        case .oneFOneB1, .oneFOneB2:
-            generator = OneFOneBGenerator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
-        case .interleaved:
-            generator = InterleavedGenerator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
-        case .zeroBubbleH1:
-            generator = ZeroBubbleH1Generator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
-        case .zeroBubbleH2:
-            generator = ZeroBubbleH2Generator.self
-            placement = Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
+        let generator: any ScheduleGenerator.Type = switch kind {
+        case .naive: NaiveGenerator.self
+        case .gpipe: GPipeGenerator.self
+        case .oneFOneB1, .oneFOneB2: OneFOneBGenerator.self
+        case .interleaved: InterleavedGenerator.self
+        case .zeroBubbleH1: ZeroBubbleH1Generator.self
+        case .zeroBubbleH2: ZeroBubbleH2Generator.self
+        case .zeroBubbleV: ZeroBubbleVGenerator.self
+        }
+        let placement = switch kind {
+        case .naive, .gpipe, .oneFOneB1, .oneFOneB2, .interleaved, .zeroBubbleH1, .zeroBubbleH2:
+            Schedule.loopedPlacement(ranks: shape.ranks, chunksPerRank: shape.chunksPerRank)
         case .zeroBubbleV:
-            generator = ZeroBubbleVGenerator.self
-            placement = Schedule.vShapePlacement(ranks: shape.ranks)
+            Schedule.vShapePlacement(ranks: shape.ranks)
         }
         var actions = (0..<shape.ranks).map { generator.actions(rank: $0, shape: shape) }
         if shape.twoBP && kind.splitsBackwardInherently {

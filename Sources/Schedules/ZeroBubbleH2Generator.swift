@@ -15,8 +15,9 @@
 /// 4. else nothing.
 /// The resulting order has the ZB-H2 shape (rank 0 warms up with 2N - 1
 /// forwards, the last rank alternates F and I and ends with its W passes) and,
-/// for M >= N, no idle slot inside any rank's span in unit time. The order
-/// is all we keep; the simulator times it with real costs.
+/// for M >= 2N - 1, no idle slot inside any rank's span in unit time (tested
+/// in `ScheduleGeneratorTimingTests`). The order is all we keep; the
+/// simulator times it with real costs.
 ///
 /// Split by definition; `twoBP` concatenates the closing W run into `W*`.
 enum ZeroBubbleH2Generator: ScheduleGenerator {

@@ -8,8 +8,8 @@ final class ScheduleGeneratorTests: XCTestCase {
     func testEveryGeneratorValidatesOnTheGrid() throws {
         var checked = 0
         for kind in ScheduleKind.allCases {
-            for ranks in rankCounts {
-                let counts = kind == .naive ? [1] : microBatchCounts(ranks: ranks).filter {
+            for ranks in scheduleRankCounts {
+                let counts = kind == .naive ? [1] : scheduleMicroBatchCounts(ranks: ranks).filter {
                     kind != .interleaved || $0 % ranks == 0
                 }
                 for microBatches in counts {
@@ -27,7 +27,7 @@ final class ScheduleGeneratorTests: XCTestCase {
     }
 
     func testInterleavedWithMoreChunksValidates() throws {
-        for ranks in rankCounts {
+        for ranks in scheduleRankCounts {
             for chunks in 1...4 {
                 for microBatches in [ranks, 2 * ranks, 3 * ranks] {
                     for twoBP in [false, true] {
@@ -67,13 +67,13 @@ final class ScheduleGeneratorTests: XCTestCase {
         let plain = try Schedule.make(kind: .oneFOneB1, ranks: 2)
         XCTAssertEqual(plain.name, "1f1b-1")
         XCTAssertEqual(plain.microBatches, 2)
-        XCTAssertEqual(rows(plain), [
+        XCTAssertEqual(scheduleRows(plain), [
             "F0 F1 B0 B1",
             "F0 B0 F1 B1",
         ])
         let split = try Schedule.make(kind: .oneFOneB1, ranks: 2, twoBP: true)
         XCTAssertEqual(split.name, "1f1b-1+2bp")
-        XCTAssertEqual(rows(split), [
+        XCTAssertEqual(scheduleRows(split), [
             "F0 F1 I0 I1 W0 W*",
             "F0 I0 F1 I1 W*",
         ])
@@ -83,7 +83,7 @@ final class ScheduleGeneratorTests: XCTestCase {
     /// first), then the rest as one W*.
     func testOneFOneBWithTwoBPOnFourRanks() throws {
         let schedule = try Schedule.make(kind: .oneFOneB1, ranks: 4, microBatches: 4, twoBP: true)
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 F2 F3 I0 I1 W0 I2 W1 I3 W2 W*",
             "F0 F1 F2 I0 F3 I1 I2 W0 I3 W1 W*",
             "F0 F1 I0 F2 I1 F3 I2 I3 W0 W*",
@@ -100,40 +100,40 @@ final class ScheduleGeneratorTests: XCTestCase {
     func testOneFOneB2DefaultsToTwiceTheRanks() throws {
         let schedule = try Schedule.make(kind: .oneFOneB2, ranks: 2)
         XCTAssertEqual(schedule.microBatches, 4)
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 B0 F2 B1 F3 B2 B3",
             "F0 B0 F1 B1 F2 B2 F3 B3",
         ])
-        XCTAssertEqual(rows(try Schedule.make(kind: .oneFOneB2, ranks: 2, twoBP: true)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .oneFOneB2, ranks: 2, twoBP: true)), [
             "F0 F1 I0 F2 I1 F3 I2 I3 W0 W*",
             "F0 I0 F1 I1 F2 I2 F3 I3 W*",
         ])
     }
 
     func testGPipeAndNaive() throws {
-        XCTAssertEqual(rows(try Schedule.make(kind: .gpipe, ranks: 2)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .gpipe, ranks: 2)), [
             "F0 F1 B0 B1",
             "F0 F1 B0 B1",
         ])
-        XCTAssertEqual(rows(try Schedule.make(kind: .gpipe, ranks: 2, microBatches: 3, twoBP: true)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .gpipe, ranks: 2, microBatches: 3, twoBP: true)), [
             "F0 F1 F2 I0 I1 I2 W*",
             "F0 F1 F2 I0 I1 I2 W*",
         ])
         let naive = try Schedule.make(kind: .naive, ranks: 3)
         XCTAssertEqual(naive.microBatches, 1)
-        XCTAssertEqual(rows(naive), ["F0 B0", "F0 B0", "F0 B0"])
-        XCTAssertEqual(rows(try Schedule.make(kind: .naive, ranks: 2, twoBP: true)), ["F0 I0 W*", "F0 I0 W*"])
+        XCTAssertEqual(scheduleRows(naive), ["F0 B0", "F0 B0", "F0 B0"])
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .naive, ranks: 2, twoBP: true)), ["F0 I0 W*", "F0 I0 W*"])
     }
 
     func testInterleavedOnTwoRanks() throws {
         let schedule = try Schedule.make(kind: .interleaved, ranks: 2, microBatches: 2)
         XCTAssertEqual(schedule.chunksPerRank, 2)
         XCTAssertEqual(schedule.placement, [[0, 2], [1, 3]])
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 1F0 1F1 1B0 1B1 B0 B1",
             "F0 F1 1F0 1B0 1F1 1B1 B0 B1",
         ])
-        XCTAssertEqual(rows(try Schedule.make(kind: .interleaved, ranks: 2, microBatches: 2, twoBP: true)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .interleaved, ranks: 2, microBatches: 2, twoBP: true)), [
             "F0 F1 1F0 1F1 1I0 1W0 1I1 1W1 I0 W0 I1 W1",
             "F0 F1 1F0 1I0 1F1 1I1 I0 1W0 I1 1W1 W*",
         ])
@@ -153,14 +153,14 @@ final class ScheduleGeneratorTests: XCTestCase {
 
     func testZeroBubbleH1OnFourRanks() throws {
         let schedule = try Schedule.make(kind: .zeroBubbleH1, ranks: 4, microBatches: 8)
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 F2 F3 I0 W0 F4 I1 W1 F5 I2 W2 F6 I3 W3 F7 I4 W4 I5 W5 I6 W6 I7 W7",
             "F0 F1 F2 I0 F3 I1 W0 F4 I2 W1 F5 I3 W2 F6 I4 W3 F7 I5 W4 I6 W5 I7 W6 W7",
             "F0 F1 I0 F2 I1 F3 I2 W0 F4 I3 W1 F5 I4 W2 F6 I5 W3 F7 I6 W4 I7 W5 W6 W7",
             "F0 I0 F1 I1 F2 I2 F3 I3 W0 F4 I4 W1 F5 I5 W2 F6 I6 W3 F7 I7 W4 W5 W6 W7",
         ])
         // --2bp concatenates the closing W run into one W*.
-        XCTAssertEqual(rows(try Schedule.make(kind: .zeroBubbleH1, ranks: 4, microBatches: 8, twoBP: true)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .zeroBubbleH1, ranks: 4, microBatches: 8, twoBP: true)), [
             "F0 F1 F2 F3 I0 W0 F4 I1 W1 F5 I2 W2 F6 I3 W3 F7 I4 W4 I5 W5 I6 W6 I7 W*",
             "F0 F1 F2 I0 F3 I1 W0 F4 I2 W1 F5 I3 W2 F6 I4 W3 F7 I5 W4 I6 W5 I7 W*",
             "F0 F1 I0 F2 I1 F3 I2 W0 F4 I3 W1 F5 I4 W2 F6 I5 W3 F7 I6 W4 I7 W*",
@@ -170,7 +170,7 @@ final class ScheduleGeneratorTests: XCTestCase {
 
     func testZeroBubbleH2OnFourRanks() throws {
         let schedule = try Schedule.make(kind: .zeroBubbleH2, ranks: 4, microBatches: 8)
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 F2 F3 F4 F5 F6 I0 W0 I1 F7 I2 W1 I3 W2 I4 W3 I5 W4 I6 W5 W6 I7 W7",
             "F0 F1 F2 F3 F4 I0 F5 I1 F6 I2 W0 I3 F7 I4 W1 I5 W2 I6 W3 W4 I7 W5 W6 W7",
             "F0 F1 F2 I0 F3 I1 F4 I2 F5 I3 F6 I4 W0 I5 F7 I6 W1 W2 I7 W3 W4 W5 W6 W7",
@@ -183,7 +183,7 @@ final class ScheduleGeneratorTests: XCTestCase {
     func testZeroBubbleVOnTwoRanks() throws {
         let schedule = try Schedule.make(kind: .zeroBubbleV, ranks: 2, microBatches: 4)
         XCTAssertEqual(schedule.placement, [[0, 3], [1, 2]])
-        XCTAssertEqual(rows(schedule), [
+        XCTAssertEqual(scheduleRows(schedule), [
             "F0 F1 F2 1F0 1I0 1W0 1F1 1I1 1W1 F3 I0 W0 1F2 1I2 1W2 I1 W1 1F3 1I3 1W3 I2 W2 I3 W3",
             "F0 1F0 F1 1F1 1I0 1W0 F2 I0 W0 1F2 1I1 1W1 F3 I1 W1 1F3 1I2 1W2 I2 1I3 I3 W2 1W3 W3",
         ])
@@ -193,7 +193,7 @@ final class ScheduleGeneratorTests: XCTestCase {
         XCTAssertFalse(lowered.actions[1].contains(Action(.sendActivation, 0, chunk: 0)))
         XCTAssertTrue(lowered.actions[1].contains(Action(.sendActivation, 0, chunk: 1)))
         XCTAssertFalse(lowered.actions[0].contains(Action(.sendActivation, 0, chunk: 1)), "stage 3 is the last")
-        XCTAssertEqual(rows(try Schedule.make(kind: .zeroBubbleV, ranks: 2, microBatches: 4, twoBP: true)), [
+        XCTAssertEqual(scheduleRows(try Schedule.make(kind: .zeroBubbleV, ranks: 2, microBatches: 4, twoBP: true)), [
             "F0 F1 F2 1F0 1I0 1W0 1F1 1I1 1W1 F3 I0 W0 1F2 1I2 1W2 I1 W1 1F3 1I3 1W3 I2 W2 I3 W*",
             "F0 1F0 F1 1F1 1I0 1W0 F2 I0 W0 1F2 1I1 1W1 F3 I1 W1 1F3 1I2 1W2 I2 1I3 I3 W* 1W*",
         ])

@@ -4,13 +4,13 @@ import XCTest
 final class ScheduleLoweringTests: XCTestCase {
     func testOneFOneBLowering() throws {
         let plain = try Schedule.make(kind: .oneFOneB1, ranks: 2).lowered()
-        XCTAssertEqual(rows(plain), [
+        XCTAssertEqual(scheduleRows(plain), [
             "F0 SEND_F0 F1 SEND_F1 RECV_B0 B0 RECV_B1 B1",
             "RECV_F0 F0 B0 SEND_B0 RECV_F1 F1 B1 SEND_B1",
         ])
         // With 2BP the gradient leaves after I, before the deferred W.
         let split = try Schedule.make(kind: .oneFOneB1, ranks: 2, twoBP: true).lowered()
-        XCTAssertEqual(rows(split), [
+        XCTAssertEqual(scheduleRows(split), [
             "F0 SEND_F0 F1 SEND_F1 RECV_B0 I0 RECV_B1 I1 W0 W*",
             "RECV_F0 F0 I0 SEND_B0 RECV_F1 F1 I1 SEND_B1 W*",
         ])
@@ -18,7 +18,7 @@ final class ScheduleLoweringTests: XCTestCase {
 
     func testMiddleRankReceivesAndSendsBothWays() throws {
         let lowered = try Schedule.make(kind: .gpipe, ranks: 3, microBatches: 1).lowered()
-        XCTAssertEqual(rows(lowered), [
+        XCTAssertEqual(scheduleRows(lowered), [
             "F0 SEND_F0 RECV_B0 B0",
             "RECV_F0 F0 SEND_F0 RECV_B0 B0 SEND_B0",
             "RECV_F0 F0 B0 SEND_B0",

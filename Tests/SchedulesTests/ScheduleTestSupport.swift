@@ -3,14 +3,14 @@
 /// Shapes every generator is checked on: ranks 1...4 and 8, each with several
 /// micro-batch counts, among them counts that are not multiples of the ranks
 /// and counts below the ranks.
-let rankCounts = [1, 2, 3, 4, 8]
+let scheduleRankCounts = [1, 2, 3, 4, 8]
 
-func microBatchCounts(ranks: Int) -> [Int] {
+func scheduleMicroBatchCounts(ranks: Int) -> [Int] {
     Array(Set([1, 2, 3, ranks - 1, ranks, ranks + 1, 2 * ranks - 1, 2 * ranks, 3 * ranks + 1]).filter { $0 >= 1 }).sorted()
 }
 
 /// Rows of the compact text form, one rank a line.
-func rows(_ schedule: Schedule) -> [String] {
+func scheduleRows(_ schedule: Schedule) -> [String] {
     schedule.actions.map { $0.map(\.description).joined(separator: " ") }
 }
 
@@ -18,7 +18,7 @@ func rows(_ schedule: Schedule) -> [String] {
 /// micro-batch it covers), each action as soon as its rank is free and its
 /// cross-rank input exists: enough to compare schedule shapes in tests
 /// without the simulator.
-struct UnitTiming {
+struct ScheduleUnitTiming {
     /// First start and last end per rank, and its busy time.
     var start: [Int]
     var end: [Int]
@@ -28,7 +28,7 @@ struct UnitTiming {
     func idleInsideSpan(rank: Int) -> Int { end[rank] - start[rank] - busy[rank] }
 }
 
-func unitTiming(_ schedule: Schedule) -> UnitTiming {
+func scheduleUnitTiming(_ schedule: Schedule) -> ScheduleUnitTiming {
     let compute = schedule.withoutCommunication()
     let map = StageMap(compute)
     struct Key: Hashable { let stage: Int, microBatch: Int }
@@ -89,5 +89,5 @@ func unitTiming(_ schedule: Schedule) -> UnitTiming {
         }
     }
     precondition(next.enumerated().allSatisfy { $0.element == compute.actions[$0.offset].count }, "unit timing stuck: validate first")
-    return UnitTiming(start: start.map { $0 ?? 0 }, end: free, busy: busy)
+    return ScheduleUnitTiming(start: start.map { $0 ?? 0 }, end: free, busy: busy)
 }
