@@ -105,8 +105,10 @@ extension CostModel {
     /// One line naming the field at fault, instead of the decoder's nested dump.
     private static func describe(_ error: DecodingError) -> String {
         func path(_ context: DecodingError.Context) -> String {
-            let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
-            return keys.isEmpty ? "top level" : keys.joined(separator: ".")
+            let path = context.codingPath.reduce("") { path, key in
+                key.intValue.map { path + "[\($0)]" } ?? (path.isEmpty ? key.stringValue : path + "." + key.stringValue)
+            }
+            return path.isEmpty ? "top level" : path
         }
         switch error {
         case let .keyNotFound(key, context):

@@ -16,6 +16,18 @@
 /// are, so the simulator advances each rank while it can and reports a
 /// deadlock when no rank can: the same answer a discrete-event queue gives.
 public enum Simulator {
+    /// The predicted timeline, with `peakMemory` per rank: the static bytes of
+    /// its chunks plus the highest running sum of its actions' memory changes
+    /// (`CostModel.memoryDelta`, applied as each action ends).
+    ///
+    /// - Throws: `ScheduleError` with the offending cells marked:
+    ///   `.outOfRange` for a broken placement or an action naming a chunk or
+    ///   micro-batch that does not exist, `.invalidRequest` for a cost model
+    ///   that does not fit the schedule, `.repeated` for work done twice (or a
+    ///   W with no pending p1), `.deadlock` when no rank can go on (naming each
+    ///   stuck rank, the action it is stuck at, the work it waits for and who
+    ///   owes it), `.communication` / `.missing` for a SEND/RECV with no
+    ///   neighbour or no producer.
     public static func simulate(_ schedule: Schedule, costs: CostModel) throws -> Timeline {
         var run = try SimulatorRun(schedule: schedule, costs: costs)
         try run.runCompute()
@@ -49,8 +61,8 @@ struct SimulatorRun {
     var freeAt: [Double]
     /// End time of every finished piece of work.
     var finished: [SimulatorWork: Double] = [:]
-    /// Micro-batches with p1 done and p2 pending, per rank and chunk, oldest first.
-    var pendingWeight: [[[Int]]]
+    /// For each rank, the micro-batches each W or `W*` runs, by position.
+    let weightCoverage: [[Int: [Int]]]
     var events: [TimelineEvent] = []
     /// Memory change of each compute event, in each rank's execution order.
     var memoryChanges: [[Int]]
@@ -72,7 +84,7 @@ struct SimulatorRun {
         }
         next = Array(repeating: 0, count: schedule.ranks)
         freeAt = Array(repeating: 0, count: schedule.ranks)
-        pendingWeight = Array(repeating: Array(repeating: [], count: schedule.chunksPerRank), count: schedule.ranks)
+        weightCoverage = (0..<schedule.ranks).map(schedule.weightPassCoverage(rank:))
         memoryChanges = Array(repeating: [], count: schedule.ranks)
     }
 
@@ -108,10 +120,6 @@ struct SimulatorRun {
         case .backwardWeight:
             let inputGradient = SimulatorWork(phase: .inputGradient, stage: stage, microBatch: microBatch)
             guard finished[inputGradient] != nil else { return .waiting(for: inputGradient) }
-            guard pendingWeight[rank][action.chunk].contains(microBatch) else {
-                throw failure(.repeated, "rank \(rank) runs \(action), but micro-batch \(microBatch) of stage \(stage) has no pending p2 (its backward was a fused B, or its W already ran)",
-                              at: rank, position: compute[rank][next[rank]].position)
-            }
             return .ready(at: 0)
         case .sendActivation, .receiveActivation, .sendGradient, .receiveGradient:
             preconditionFailure("communication is placed after compute")
@@ -140,29 +148,24 @@ struct SimulatorRun {
         let stage = schedule.stage(rank: rank, chunk: action.chunk)
         guard case let .ready(at: ready) = try readiness(of: action, stage: stage, rank: rank) else { return false }
 
-        /// Micro-batches whose p2 a `W*` takes: everything pending on its chunk.
-        var concatenated: [Int] = []
+        var microBatches = 1
+        var done = SimulatorWork.finished(by: action, stage: stage)
         if action.kind == .backwardWeight {
-            if let microBatch = action.microBatch {
-                pendingWeight[rank][action.chunk].removeAll { $0 == microBatch }
-            } else {
-                concatenated = pendingWeight[rank][action.chunk]
-                pendingWeight[rank][action.chunk].removeAll()
+            let covered = weightCoverage[rank][slot.position] ?? []
+            if let microBatch = action.microBatch, covered.isEmpty {
+                throw failure(.repeated, "rank \(rank) runs \(action), but micro-batch \(microBatch) of stage \(stage) has no pending p2 (its backward was a fused B, or its W already ran)",
+                              at: rank, position: slot.position)
             }
+            microBatches = covered.count
+            done = covered.map { SimulatorWork(phase: .weightGradient, stage: stage, microBatch: $0) }
         }
-        let microBatches = action.microBatch == nil ? concatenated.count : 1
         let start = max(freeAt[rank], ready)
         let end = start + costs.duration(of: action.kind, stage: stage, microBatches: microBatches)
-        let done = SimulatorWork.finished(by: action, stage: stage)
-            + concatenated.map { SimulatorWork(phase: .weightGradient, stage: stage, microBatch: $0) }
         for work in done {
             guard finished.updateValue(end, forKey: work) == nil else {
                 throw failure(.repeated, "rank \(rank), action \(slot.position) (\(action)) repeats \(work), which already ran",
                               at: rank, position: slot.position)
             }
-        }
-        if action.kind == .backwardInput, let microBatch = action.microBatch {
-            pendingWeight[rank][action.chunk].append(microBatch)
         }
         next[rank] += 1
         guard microBatches > 0 else { return true }  // a `W*` with nothing pending does no work
