@@ -139,17 +139,39 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         return 2 * vocabSize * hiddenSize + numHiddenLayers * layer + hiddenSize
     }
 
-    /// Forward FLOPs per token of each pipeline unit (`unitCount` entries) for sequences of
-    /// `sequenceLength`, counting 2 per multiply-add of the matrix products as executed (the
-    /// attention products over the full length × length square, masked after); element-wise work
-    /// is left out, except that the embedding gather is priced at `hiddenSize` so no unit is free.
-    public func unitCosts(sequenceLength: Int) -> [Double] {
+    /// FLOPs per token of one pipeline unit's forward, p1 and p2.
+    public struct UnitFLOPs: Sendable, Equatable {
+        public var forward: Double
+        public var backwardInput: Double
+        public var backwardWeight: Double
+
+        public init(forward: Double, backwardInput: Double, backwardWeight: Double) {
+            self.forward = forward
+            self.backwardInput = backwardInput
+            self.backwardWeight = backwardWeight
+        }
+    }
+
+    /// FLOPs per token of each pipeline unit (`unitCount` entries) for sequences of `sequenceLength`,
+    /// counting 2 per multiply-add of the matrix products as executed: every weight costs one product
+    /// in forward, one in p1 (dx = dy W) and one in p2 (dW = dyᵀ x); the attention products run over
+    /// the full length × length square (masked after), two in forward (q kᵀ, P v) and four in p1
+    /// (dP, dv, dq, dk), none in p2. Element-wise work is left out, except that the embedding's
+    /// gather (forward) and scatter-add (p2) are priced at `hiddenSize` so no unit is free.
+    public func unitFLOPs(sequenceLength: Int) -> [UnitFLOPs] {
         let (d, kv) = (Double(hiddenSize), Double(numKeyValueHeads * headDim))
-        let projections = 2 * (2 * d * d + 2 * d * kv)
-        let attention = 4 * Double(sequenceLength) * d  // scores q kᵀ and values P v
-        let mlp = 6 * d * Double(intermediateSize)
-        let block = projections + attention + mlp
-        return [d] + Array(repeating: block, count: numHiddenLayers) + [2 * d * Double(vocabSize)]
+        let weights = 2 * (2 * d * d + 2 * d * kv) + 6 * d * Double(intermediateSize)  // q, k, v, o; gate, up, down
+        let attention = 4 * Double(sequenceLength) * d
+        let embedding = UnitFLOPs(forward: d, backwardInput: 0, backwardWeight: d)
+        let block = UnitFLOPs(forward: weights + attention, backwardInput: weights + 2 * attention, backwardWeight: weights)
+        let lmHead = 2 * d * Double(vocabSize)
+        let head = UnitFLOPs(forward: lmHead, backwardInput: lmHead, backwardWeight: lmHead)
+        return [embedding] + Array(repeating: block, count: numHiddenLayers) + [head]
+    }
+
+    /// Forward FLOPs per token of each pipeline unit (see `unitFLOPs`), for balancing stages.
+    public func unitCosts(sequenceLength: Int) -> [Double] {
+        unitFLOPs(sequenceLength: sequenceLength).map(\.forward)
     }
 
     /// Forward FLOPs per token of the whole model.
@@ -157,9 +179,10 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         unitCosts(sequenceLength: sequenceLength).reduce(0, +)
     }
 
-    /// Training FLOPs per token: forward + backward, the backward being twice the forward (p1 and p2 each one product per weight).
+    /// Training FLOPs per token: forward + p1 + p2 of every unit, which is 3× the forward for every
+    /// unit but the embedding (whose p1 computes nothing).
     public func trainingFLOPsPerToken(sequenceLength: Int) -> Double {
-        3 * forwardFLOPsPerToken(sequenceLength: sequenceLength)
+        unitFLOPs(sequenceLength: sequenceLength).reduce(0) { $0 + $1.forward + $1.backwardInput + $1.backwardWeight }
     }
 
     // MARK: Hugging Face config.json

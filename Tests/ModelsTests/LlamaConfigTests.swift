@@ -54,7 +54,12 @@ final class LlamaConfigTests: XCTestCase {
         let weights = Double(config.parameterCount - 2 * 32000 * 4096 - 4096) / 32 - 2 * 4096
         XCTAssertEqual(costs[1], 2 * weights + 4 * Double(length) * 4096)
         XCTAssertEqual(config.forwardFLOPsPerToken(sequenceLength: length), costs.reduce(0, +))
-        XCTAssertEqual(config.trainingFLOPsPerToken(sequenceLength: length), 3 * costs.reduce(0, +))
+        let split = config.unitFLOPs(sequenceLength: length)
+        XCTAssertEqual(split[1].backwardWeight, 2 * weights, "p2: one product per weight, no attention")
+        XCTAssertEqual(split[1].backwardInput, 2 * weights + 8 * Double(length) * 4096, "p1: one product per weight, four attention products")
+        XCTAssertEqual(split[0], LlamaConfig.UnitFLOPs(forward: 4096, backwardInput: 0, backwardWeight: 4096))
+        XCTAssertEqual(config.trainingFLOPsPerToken(sequenceLength: length), 3 * costs.reduce(0, +) - 4096,
+                       "3x forward, but for the embedding's empty p1")
         XCTAssertGreaterThan(config.unitCosts(sequenceLength: 4096)[1], costs[1], "attention grows with the length")
     }
 
