@@ -79,7 +79,6 @@ public final class Trainer {
         let tokensPerStep = settings.batchSize * settings.sequenceLength
         let metrics = try isRoot ? settings.metrics.map { try MetricsLog(url: $0, resumingAfter: state.step) } : nil
         let progress = isRoot && settings.showProgress ? ProgressReporter(totalSteps: settings.steps) : nil
-        let evaluationModel = isRoot ? try LlamaModel(config: settings.model, seed: settings.seed) : nil
         let firstStep = state.step
         var validationLoss = state.validationHistory.last?.loss
         var stepTimes: [Double] = []
@@ -119,8 +118,8 @@ public final class Trainer {
             progress?.update(step: step + 1, loss: global[0], tokensPerSecond: tokensPerSecond, learningRate: learningRate)
 
             let isLast = step + 1 == settings.steps
-            if isLast || (step + 1) % settings.evaluateEvery == 0 {
-                if let loss = try validate(into: evaluationModel) {
+            if settings.evaluateEvery.map({ isLast || (step + 1) % $0 == 0 }) ?? false {
+                if let loss = try validate() {
                     validationLoss = loss
                     state.validationHistory.append(.init(step: step + 1, loss: loss))
                     progress?.message("step \(step + 1): validation loss \(String(format: "%.4f", loss))")
@@ -154,10 +153,14 @@ public final class Trainer {
             lastStepTimeline: Timeline(ranks: ranks, events: events, peakMemory: peakBytes))
     }
 
+    /// The whole model on rank 0, built at the first validation, that validation loads every rank's weights into.
+    private lazy var evaluationModel = Result { try LlamaModel(config: settings.model, seed: settings.seed) }
+
     /// Mean validation loss (nats per byte) on rank 0, from every rank's current weights; nil elsewhere.
-    private func validate(into model: LlamaModel?) throws -> Double? {
+    private func validate() throws -> Double? {
         let named = worker.parameters.map { (name: $0.name, tensor: $0.value) }
-        guard let files = try ParameterGathering.gather(named, over: transport), let model else { return nil }
+        guard let files = try ParameterGathering.gather(named, over: transport) else { return nil }
+        let model = try evaluationModel.get()
         try SafeTensorsArchive(files: files, source: "the pipeline's weights").load(into: model.parameters)
         let batches = try corpus.validationBatches(batchSize: settings.batchSize, limit: settings.validationBatches)
         let total = try batches.reduce(0.0) { $0 + (try model.loss($1)) }

@@ -15,8 +15,8 @@ public struct TrainingSettings {
     public var learningRate: Double
     public var warmupSteps: Int
     public var seed: UInt64
-    /// Validation loss every this many steps (and at the end).
-    public var evaluateEvery: Int
+    /// Validation loss every this many steps and at the end; nil: never (benchmarks).
+    public var evaluateEvery: Int?
     /// Validation batches (of `batchSize` windows) per evaluation.
     public var validationBatches: Int
     public var metrics: URL?
@@ -33,7 +33,7 @@ public struct TrainingSettings {
     public var showProgress: Bool
 
     public init(model: LlamaConfig, data: URL, steps: Int, batchSize: Int, sequenceLength: Int,
-                learningRate: Double, warmupSteps: Int, seed: UInt64, evaluateEvery: Int, validationBatches: Int,
+                learningRate: Double, warmupSteps: Int, seed: UInt64, evaluateEvery: Int?, validationBatches: Int,
                 pipeline: ScheduleRequest, optimizer: AdamW.Configuration = .init(), showProgress: Bool = true) {
         self.model = model
         self.data = data
