@@ -50,6 +50,15 @@ public final class Linear: Layer {
         return inputGradient
     }
 
+    /// p1 that adds dy W into `inputGradient` instead of allocating dx, for layers whose input
+    /// feeds several projections (attention's q/k/v, the MLP's gate/up): dx is their sum.
+    public func backwardInput(_ outputGradient: Tensor, microBatch: Int, accumulatingInto inputGradient: Tensor) throws {
+        let input = try saved.take(microBatch)
+        precondition(inputGradient.count == input.count, "Linear p1: dx \(inputGradient.shape) for x \(input.shape)")
+        BLAS.matmul(inputGradient, outputGradient, weight.value, accumulate: true)
+        try pending.put((input, outputGradient), for: microBatch)
+    }
+
     public func backwardWeight(_ work: WeightGradientWork) throws {
         let stashes = try pending.take(work)
         guard !stashes.isEmpty else { return }
