@@ -53,9 +53,7 @@ public final class CausalSelfAttention: Layer {
         kProj = Linear(inputSize: hiddenSize, outputSize: keyValueSize)
         vProj = Linear(inputSize: hiddenSize, outputSize: keyValueSize)
         oProj = Linear(inputSize: hiddenSize, outputSize: hiddenSize)
-        parameters = [("q_proj", qProj), ("k_proj", kProj), ("v_proj", vProj), ("o_proj", oProj)].flatMap { name, layer in
-            layer.parameters.map { $0.prefixed(name) }
-        }
+        parameters = prefixedParameters([("q_proj", qProj), ("k_proj", kProj), ("v_proj", vProj), ("o_proj", oProj)])
     }
 
     public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
@@ -106,7 +104,7 @@ public final class CausalSelfAttention: Layer {
     }
 
     private func checkedShape(_ input: Tensor) throws -> (batch: Int, length: Int) {
-        let shape = try sequenceShape(of: input, size: hiddenSize, layer: "CausalSelfAttention")
+        let shape = try checkedSequenceShape(of: input, size: hiddenSize, layer: "CausalSelfAttention")
         guard shape.length <= rotary.maxPositions else {
             throw TwoBPError("CausalSelfAttention: sequence length \(shape.length) exceeds max_position_embeddings \(rotary.maxPositions)")
         }

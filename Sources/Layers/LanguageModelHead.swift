@@ -29,7 +29,7 @@ public final class LanguageModelHead {
     /// Σ lossWeight · CE over the rows of x [.., hiddenSize] against `targets` (one per row);
     /// saves dlogits under `microBatch`.
     public func forward(_ input: Tensor, targets: [Int32], lossWeight: Float, microBatch: Int) throws -> Double {
-        try checkTargets(targets, rows: rowCount(of: input, size: hiddenSize, layer: "LanguageModelHead"))
+        try validate(targets: targets, rows: checkedRowCount(of: input, size: hiddenSize, layer: "LanguageModelHead"))
         let logits = try lmHead.forward(norm.forward(input, microBatch: microBatch), microBatch: microBatch)
         let loss = crossEntropy(logits: logits.pointer, targets: targets, vocabularySize: vocabularySize,
                                 lossWeight: lossWeight, writeGradient: true)
@@ -55,13 +55,14 @@ public final class LanguageModelHead {
 
     /// The forward loss alone, saving nothing (for evaluation).
     public func loss(_ input: Tensor, targets: [Int32], lossWeight: Float) throws -> Double {
-        try checkTargets(targets, rows: rowCount(of: input, size: hiddenSize, layer: "LanguageModelHead"))
+        try validate(targets: targets, rows: checkedRowCount(of: input, size: hiddenSize, layer: "LanguageModelHead"))
         let logits = try logits(input)
         return crossEntropy(logits: logits.pointer, targets: targets, vocabularySize: vocabularySize,
                             lossWeight: lossWeight, writeGradient: false)
     }
 
-    private func checkTargets(_ targets: [Int32], rows: Int) throws {
+    /// Throws unless there is one target per row and every target is a vocabulary id.
+    public func validate(targets: [Int32], rows: Int) throws {
         guard targets.count == rows else {
             throw TwoBPError("LanguageModelHead: \(targets.count) targets for \(rows) positions")
         }

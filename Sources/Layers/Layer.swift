@@ -41,7 +41,7 @@ extension Layer {
 
 /// The rows of an activation whose last dimension must be `size`, or a `TwoBPError` naming `layer`.
 /// Activations arrive from other ranks, so a wrong shape is reported, not trapped.
-func rowCount(of input: Tensor, size: Int, layer: String) throws -> Int {
+func checkedRowCount(of input: Tensor, size: Int, layer: String) throws -> Int {
     guard input.columnCount == size, !input.shape.isEmpty else {
         throw TwoBPError("\(layer): expected rows of \(size) values, got shape \(input.shape)")
     }
@@ -49,9 +49,14 @@ func rowCount(of input: Tensor, size: Int, layer: String) throws -> Int {
 }
 
 /// (batch, length) of a [batch, length, size] sequence activation, or a `TwoBPError` naming `layer`.
-func sequenceShape(of input: Tensor, size: Int, layer: String) throws -> (batch: Int, length: Int) {
+func checkedSequenceShape(of input: Tensor, size: Int, layer: String) throws -> (batch: Int, length: Int) {
     guard input.shape.count == 3, input.shape[2] == size else {
         throw TwoBPError("\(layer): expected [batch, length, \(size)], got \(input.shape)")
     }
     return (input.shape[0], input.shape[1])
+}
+
+/// The parameters of named sublayers, each renamed `name.parameter` as in a PyTorch module tree.
+func prefixedParameters(_ parts: [(name: String, layer: Layer)]) -> [Parameter] {
+    parts.flatMap { part in part.layer.parameters.map { $0.prefixed(part.name) } }
 }

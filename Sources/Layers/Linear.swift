@@ -43,20 +43,22 @@ public final class Linear: Layer {
     }
 
     public func backwardInput(_ outputGradient: Tensor, microBatch: Int) throws -> Tensor {
-        let input = try saved.take(microBatch)
-        let inputGradient = Tensor(zeros: input.shape)
-        BLAS.matmul(inputGradient, outputGradient, weight.value)
-        try pending.put((input, outputGradient), for: microBatch)
-        return inputGradient
+        try backwardInput(outputGradient, microBatch: microBatch, into: nil)
     }
 
     /// p1 that adds dy W into `inputGradient` instead of allocating dx, for layers whose input
     /// feeds several projections (attention's q/k/v, the MLP's gate/up): dx is their sum.
     public func backwardInput(_ outputGradient: Tensor, microBatch: Int, accumulatingInto inputGradient: Tensor) throws {
+        _ = try backwardInput(outputGradient, microBatch: microBatch, into: inputGradient)
+    }
+
+    /// dx = dy W into a fresh tensor, or dx += dy W into `accumulator`; stashes (x, dy) for p2.
+    private func backwardInput(_ outputGradient: Tensor, microBatch: Int, into accumulator: Tensor?) throws -> Tensor {
         let input = try saved.take(microBatch)
-        precondition(inputGradient.count == input.count, "Linear p1: dx \(inputGradient.shape) for x \(input.shape)")
-        BLAS.matmul(inputGradient, outputGradient, weight.value, accumulate: true)
+        let inputGradient = accumulator ?? Tensor(zeros: input.shape)
+        BLAS.matmul(inputGradient, outputGradient, weight.value, accumulate: accumulator != nil)
         try pending.put((input, outputGradient), for: microBatch)
+        return inputGradient
     }
 
     public func backwardWeight(_ work: WeightGradientWork) throws {

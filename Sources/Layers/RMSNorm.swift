@@ -27,7 +27,7 @@ public final class RMSNorm: Layer {
     public var parameters: [Parameter] { [weight] }
 
     public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
-        let rows = try rowCount(of: input, size: size, layer: "RMSNorm")
+        let rows = try checkedRowCount(of: input, size: size, layer: "RMSNorm")
         let output = Tensor(zeros: input.shape)
         let rstd = Tensor(zeros: [rows])
         rmsnormForward(output.pointer, rstd.pointer, input.pointer, weight.value.pointer, rows: rows, size: size, eps: eps)
@@ -37,7 +37,7 @@ public final class RMSNorm: Layer {
 
     /// The forward computation alone, saving nothing (for inference).
     public func apply(_ input: Tensor) throws -> Tensor {
-        let rows = try rowCount(of: input, size: size, layer: "RMSNorm")
+        let rows = try checkedRowCount(of: input, size: size, layer: "RMSNorm")
         let output = Tensor(zeros: input.shape)
         rmsnormForward(output.pointer, nil, input.pointer, weight.value.pointer, rows: rows, size: size, eps: eps)
         return output

@@ -24,13 +24,11 @@ public final class SwiGLUMLP: Layer {
         gateProj = Linear(inputSize: hiddenSize, outputSize: intermediateSize)
         upProj = Linear(inputSize: hiddenSize, outputSize: intermediateSize)
         downProj = Linear(inputSize: intermediateSize, outputSize: hiddenSize)
-        parameters = [("gate_proj", gateProj), ("up_proj", upProj), ("down_proj", downProj)].flatMap { name, layer in
-            layer.parameters.map { $0.prefixed(name) }
-        }
+        parameters = prefixedParameters([("gate_proj", gateProj), ("up_proj", upProj), ("down_proj", downProj)])
     }
 
     public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
-        _ = try rowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
+        _ = try checkedRowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
         let gate = try gateProj.forward(input, microBatch: microBatch)
         let up = try upProj.forward(input, microBatch: microBatch)
         let hidden = Tensor(zeros: gate.shape)
@@ -42,7 +40,7 @@ public final class SwiGLUMLP: Layer {
 
     /// The forward computation alone, saving nothing (for inference).
     public func apply(_ input: Tensor) throws -> Tensor {
-        _ = try rowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
+        _ = try checkedRowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
         let gate = gateProj.apply(input)
         let up = upProj.apply(input)
         swigluForward(gate.pointer, gate.pointer, up.pointer, count: gate.count)

@@ -22,15 +22,14 @@ public final class TransformerBlock: Layer {
                                             keyValueHeadCount: keyValueHeadCount, rotary: rotary)
         postAttentionLayernorm = RMSNorm(size: hiddenSize, eps: eps)
         mlp = SwiGLUMLP(hiddenSize: hiddenSize, intermediateSize: intermediateSize)
-        let parts: [(String, Layer)] = [("input_layernorm", inputLayernorm), ("self_attn", selfAttention),
-                                        ("post_attention_layernorm", postAttentionLayernorm), ("mlp", mlp)]
-        parameters = parts.flatMap { name, layer in layer.parameters.map { $0.prefixed(name) } }
+        parameters = prefixedParameters([("input_layernorm", inputLayernorm), ("self_attn", selfAttention),
+                                         ("post_attention_layernorm", postAttentionLayernorm), ("mlp", mlp)])
     }
 
     public var hiddenSize: Int { selfAttention.hiddenSize }
 
     public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
-        _ = try sequenceShape(of: input, size: hiddenSize, layer: "TransformerBlock")
+        _ = try checkedSequenceShape(of: input, size: hiddenSize, layer: "TransformerBlock")
         let residual = try selfAttention.forward(inputLayernorm.forward(input, microBatch: microBatch), microBatch: microBatch)
         residual.add(input)
         let output = try mlp.forward(postAttentionLayernorm.forward(residual, microBatch: microBatch), microBatch: microBatch)
@@ -40,7 +39,7 @@ public final class TransformerBlock: Layer {
 
     /// The forward computation alone, saving nothing (for inference).
     public func apply(_ input: Tensor) throws -> Tensor {
-        _ = try sequenceShape(of: input, size: hiddenSize, layer: "TransformerBlock")
+        _ = try checkedSequenceShape(of: input, size: hiddenSize, layer: "TransformerBlock")
         let residual = try selfAttention.apply(inputLayernorm.apply(input))
         residual.add(input)
         let output = try mlp.apply(postAttentionLayernorm.apply(residual))

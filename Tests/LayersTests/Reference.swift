@@ -44,9 +44,11 @@ enum Reference {
     static func linear(_ x: [Double], _ w: [Double], inputSize: Int, outputSize: Int) -> [Double] {
         let rows = x.count / inputSize
         var y = [Double](repeating: 0, count: rows * outputSize)
+        // Raw pointers: their subscripts are transparent, so even a debug build runs this loop at speed.
         x.withUnsafeBufferPointer { x in
             w.withUnsafeBufferPointer { w in
                 y.withUnsafeMutableBufferPointer { y in
+                    let (x, w, y) = (x.baseAddress!, w.baseAddress!, y.baseAddress!)
                     for r in 0..<rows {
                         for o in 0..<outputSize {
                             var sum = 0.0

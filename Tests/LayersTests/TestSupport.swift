@@ -87,17 +87,18 @@ func centralDifferences(
 }
 
 /// Checks each named analytic gradient (Float) against central differences of the Double `loss`
-/// on (a sample of) its coordinates; returns the worst relative error seen.
+/// on (a sample of) its coordinates, or on `chosenCoordinates[name]` where given; returns the worst
+/// relative error seen.
 @discardableResult
 func checkGradients(
     analytic: [String: [Float]], loss: ([String: [Double]]) -> Double, at variables: [String: [Double]],
-    coordinatesPerTensor: Int = 48, _ generator: inout SeededGenerator, _ context: String,
+    coordinatesPerTensor: Int = 48, chosenCoordinates: [String: [Int]] = [:], _ generator: inout SeededGenerator, _ context: String,
     file: StaticString = #filePath, line: UInt = #line
 ) -> Double {
     var worst = 0.0
     for name in analytic.keys.sorted() {
         let gradient = analytic[name]!
-        let coordinates = sampleCoordinates(gradient.count, limit: coordinatesPerTensor, &generator)
+        let coordinates = chosenCoordinates[name] ?? sampleCoordinates(gradient.count, limit: coordinatesPerTensor, &generator)
         let expected = centralDifferences(loss, at: variables, name: name, coordinates: coordinates)
         let error = relativeError(coordinates.map { Double(gradient[$0]) }, expected)
         worst = max(worst, error)

@@ -1,0 +1,151 @@
+import Layers
+import Tensor
+
+/// A contiguous range of a LLaMa model's pipeline units: unit 0 is the token embedding, units
+/// 1...L the decoder layers, unit L + 1 the head (final norm, lm_head, cross-entropy).
+///
+/// Activations between chunks are [batchSize, sequenceLength, hiddenSize]. Parameters carry their
+/// Hugging Face names (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`, ...,
+/// `model.norm.weight`, `lm_head.weight`) and are initialised from (seed, name) alone, so any
+/// partition starts from the same weights as the whole model.
+public final class LlamaChunk: ModelChunk {
+    public let config: LlamaConfig
+    public let units: Range<Int>
+    /// Present when the chunk holds unit 0.
+    public let embedding: Embedding?
+    /// The decoder layers of units `units ∩ 1...L`, in order.
+    public let blocks: [TransformerBlock]
+    /// Present when the chunk holds unit L + 1.
+    public let head: LanguageModelHead?
+    public let parameters: [Parameter]
+
+    /// Builds and initialises units `units` of `config` (validated) from run seed `seed`.
+    public init(config: LlamaConfig, units: Range<Int>, seed: UInt64) throws {
+        try config.validate()
+        guard !units.isEmpty, units.lowerBound >= 0, units.upperBound <= config.unitCount else {
+            throw TwoBPError("units \(units.lowerBound)..<\(units.upperBound) are not a non-empty range of the \(config.unitCount) units 0..<\(config.unitCount) of a \(config.numHiddenLayers)-layer model")
+        }
+        self.config = config
+        self.units = units
+        let eps = Float(config.rmsNormEps)
+        var parameters: [Parameter] = []
+
+        if units.contains(0) {
+            let embedding = Embedding(vocabularySize: config.vocabSize, size: config.hiddenSize)
+            parameters += embedding.parameters.map { $0.prefixed("model.embed_tokens") }
+            self.embedding = embedding
+        } else {
+            embedding = nil
+        }
+
+        let layerUnits = units.clamped(to: 1..<(config.numHiddenLayers + 1))
+        let rotary = layerUnits.isEmpty ? nil : RotaryEmbedding(
+            headSize: config.headDim, maxPositions: config.maxPositionEmbeddings, theta: config.ropeTheta)
+        blocks = layerUnits.map { unit in
+            let block = TransformerBlock(
+                hiddenSize: config.hiddenSize, intermediateSize: config.intermediateSize, headCount: config.numAttentionHeads,
+                keyValueHeadCount: config.numKeyValueHeads, eps: eps, rotary: rotary!)
+            parameters += block.parameters.map { $0.prefixed("model.layers.\(unit - 1)") }
+            return block
+        }
+
+        if units.contains(config.numHiddenLayers + 1) {
+            let head = LanguageModelHead(hiddenSize: config.hiddenSize, vocabularySize: config.vocabSize, eps: eps)
+            parameters += head.norm.parameters.map { $0.prefixed("model.norm") }
+            parameters += head.lmHead.parameters.map { $0.prefixed("lm_head") }
+            self.head = head
+        } else {
+            head = nil
+        }
+
+        self.parameters = parameters
+        ParameterInitialization.initialize(parameters, runSeed: seed, std: Float(config.initializerRange))
+    }
+
+    public var isFirst: Bool { embedding != nil }
+    public var isLast: Bool { head != nil }
+
+    public func forward(_ input: Tensor?, batch: TokenBatch, microBatch: Int) throws -> ChunkOutput {
+        try config.checkSequenceLength(batch.sequenceLength)
+        // Refuse bad targets before any layer saves state for this micro-batch.
+        try head?.validate(targets: batch.targets, rows: batch.batchSize * batch.sequenceLength)
+        var x: Tensor
+        if let embedding {
+            guard input == nil else { throw TwoBPError("the first chunk embeds tokens; it takes no input activation") }
+            x = try embedding.forward(tokens: batch.tokens, batchSize: batch.batchSize, sequenceLength: batch.sequenceLength,
+                                      microBatch: microBatch)
+        } else {
+            let expected = [batch.batchSize, batch.sequenceLength, config.hiddenSize]
+            guard let input, input.shape == expected else {
+                throw TwoBPError("chunk of units \(units): expected an input activation of shape \(expected), got \(input.map { "\($0.shape)" } ?? "none")")
+            }
+            x = input
+        }
+        for block in blocks { x = try block.forward(x, microBatch: microBatch) }
+        if let head {
+            return .loss(try head.forward(x, targets: batch.targets, lossWeight: batch.lossWeight, microBatch: microBatch))
+        }
+        return .activation(x)
+    }
+
+    public func backwardInput(_ outputGradient: Tensor?, microBatch: Int) throws -> Tensor? {
+        var gradient: Tensor
+        if let head {
+            guard outputGradient == nil else { throw TwoBPError("the last chunk's p1 starts from the loss; it takes no gradient") }
+            gradient = try head.backwardInput(microBatch: microBatch)
+        } else {
+            guard let outputGradient else { throw TwoBPError("chunk of units \(units): p1 needs the gradient of its output") }
+            gradient = outputGradient
+        }
+        for block in blocks.reversed() { gradient = try block.backwardInput(gradient, microBatch: microBatch) }
+        if let embedding {
+            try embedding.backwardInput(gradient, microBatch: microBatch)
+            return nil
+        }
+        return gradient
+    }
+
+    public func backwardWeight(_ work: WeightGradientWork) throws {
+        try head?.backwardWeight(work)
+        for block in blocks.reversed() { try block.backwardWeight(work) }
+        try embedding?.backwardWeight(work)
+    }
+}
+
+/// A whole LLaMa model on one device: one chunk over all units, plus the inference paths that
+/// save nothing (generation, evaluation).
+public final class LlamaModel {
+    public let config: LlamaConfig
+    /// The chunk over all units, for training on one device (or as the reference a pipeline must match).
+    public let chunk: LlamaChunk
+
+    public init(config: LlamaConfig, seed: UInt64) throws {
+        self.config = config
+        chunk = try LlamaChunk(config: config, units: 0..<config.unitCount, seed: seed)
+    }
+
+    public var parameters: [Parameter] { chunk.parameters }
+
+    public func zeroGradients() {
+        chunk.zeroGradients()
+    }
+
+    /// Next-token logits [batchSize, sequenceLength, vocabSize] of `tokens` (row-major [batchSize, sequenceLength]).
+    public func logits(tokens: [Int32], batchSize: Int, sequenceLength: Int) throws -> Tensor {
+        try chunk.head!.logits(hiddenStates(tokens: tokens, batchSize: batchSize, sequenceLength: sequenceLength))
+    }
+
+    /// Σ lossWeight · cross-entropy of `batch`, as a training forward computes it, saving nothing.
+    public func loss(_ batch: TokenBatch) throws -> Double {
+        try chunk.head!.loss(hiddenStates(tokens: batch.tokens, batchSize: batch.batchSize, sequenceLength: batch.sequenceLength),
+                             targets: batch.targets, lossWeight: batch.lossWeight)
+    }
+
+    /// The last decoder layer's output [batchSize, sequenceLength, hiddenSize].
+    private func hiddenStates(tokens: [Int32], batchSize: Int, sequenceLength: Int) throws -> Tensor {
+        try config.checkSequenceLength(sequenceLength)
+        var x = try chunk.embedding!.apply(tokens: tokens, batchSize: batchSize, sequenceLength: sequenceLength)
+        for block in chunk.blocks { x = try block.apply(x) }
+        return x
+    }
+}
