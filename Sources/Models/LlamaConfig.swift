@@ -123,7 +123,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     }
 
     /// Throws unless sequences of `length` tokens fit the RoPE tables.
-    func checkSequenceLength(_ length: Int) throws {
+    public func checkSequenceLength(_ length: Int) throws {
         guard length <= maxPositionEmbeddings else {
             throw TwoBPError("sequence length \(length) exceeds max_position_embeddings \(maxPositionEmbeddings)")
         }

@@ -35,6 +35,10 @@ public struct Timeline: Sendable, Equatable, Codable {
         return last - first
     }
 
+    /// The first start over all ranks: time zero when drawing, since a
+    /// measured timeline starts wherever the clock happened to be.
+    public var startTime: Double { events.map(\.start).min() ?? 0 }
+
     /// Time `rank` spent computing (communication actions excluded).
     public func busyTime(rank: Int) -> Double {
         events.filter { $0.rank == rank && !$0.action.kind.isCommunication }.reduce(0) { $0 + $1.duration }
@@ -44,5 +48,12 @@ public struct Timeline: Sendable, Equatable, Codable {
     public func bubbleRatio(rank: Int) -> Double {
         let step = stepTime
         return step > 0 ? Swift.max(0, step - busyTime(rank: rank)) / step : 0
+    }
+
+    /// The bubble ratio averaged over ranks: the share of the pipeline's
+    /// compute capacity the step left idle.
+    public var meanBubbleRatio: Double {
+        guard ranks > 0 else { return 0 }
+        return (0..<ranks).reduce(0) { $0 + bubbleRatio(rank: $1) } / Double(ranks)
     }
 }

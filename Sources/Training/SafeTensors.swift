@@ -406,6 +406,23 @@ public struct SafeTensorsArchive {
         location = Dictionary(uniqueKeysWithValues: file.names.map { ($0, 0) })
     }
 
+    /// Several files read as one, such as each pipeline rank's tensors gathered onto rank 0.
+    /// A name present in two files is an error.
+    public init(files: [SafeTensorsFile], source: String) throws {
+        var location: [String: Int] = [:]
+        for (index, file) in files.enumerated() {
+            for name in file.names {
+                guard location.updateValue(index, forKey: name) == nil else {
+                    throw TwoBPError("\(source): tensor '\(name)' appears in two files")
+                }
+            }
+        }
+        self.source = source
+        self.files = files
+        names = files.flatMap(\.names)
+        self.location = location
+    }
+
     /// Opens `<name>.safetensors.index.json` and every shard it names; each name in
     /// `weight_map` must be in the shard it points to.
     public init(index url: URL) throws {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Schedules
+import Tensor
 
 /// Options shared by every command that runs or describes a pipeline.
 struct PipelineOptions: ParsableArguments {
@@ -21,5 +23,17 @@ struct PipelineOptions: ParsableArguments {
         guard stages >= 1 else { throw ValidationError("--stages must be at least 1, got \(stages)") }
         if let microBatches, microBatches < 1 { throw ValidationError("--micro-batches must be at least 1, got \(microBatches)") }
         if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+    }
+}
+
+extension PipelineOptions {
+    /// The schedule request these options describe (checked in full when the plan is built).
+    func request() throws -> ScheduleRequest {
+        do {
+            return ScheduleRequest(kind: try ScheduleKind(name: schedule), ranks: stages, microBatches: microBatches,
+                                   twoBP: twoBP, chunksPerRank: chunks)
+        } catch let error as ScheduleError {
+            throw TwoBPError(error.message)
+        }
     }
 }

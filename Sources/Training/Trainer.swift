@@ -1,0 +1,179 @@
+import Foundation
+import Layers
+import Models
+import Pipeline
+import Schedules
+import Tensor
+
+/// What a run measured, reported on rank 0.
+public struct TrainingOutcome {
+    /// Training loss of every step of the run so far (index = step), resumed steps included.
+    public var losses: [Double]
+    public var validationLoss: Double?
+    /// Tokens trained per second of step time (validation and checkpoints excluded).
+    public var tokensPerSecond: Double
+    /// Mean wall time of a step, first step excluded when there are others.
+    public var stepTimeSeconds: Double
+    /// Per rank: mean idle time over step time, first step excluded when there are others.
+    public var bubbleRatio: [Double]
+    /// Per rank: the most bytes its meter saw alive (weights, gradients, moments, activations, p2 stash).
+    public var peakBytes: [Int]
+    /// The last step's measured timeline.
+    public var lastStepTimeline: Timeline
+}
+
+/// The training loop of one rank. Every rank runs the same loop (SPMD): on
+/// threads of one process with `ThreadTransport`, or as MPI processes; rank 0
+/// prints progress, validates, and writes metrics, checkpoints and the summary.
+///
+/// A step: forward and backward of all micro-batches as the schedule orders
+/// them, one all-reduce of the loss and the squared gradient norm (plus each
+/// rank's timing), then AdamW on each rank's own parameters.
+public final class Trainer {
+    public let settings: TrainingSettings
+    public let worker: StageWorker
+    private let corpus: TextCorpus
+    private let learningRates: LearningRateSchedule
+    private var state: TrainerState
+    private var transport: Transport { worker.transport }
+    private var isRoot: Bool { transport.rank == 0 }
+
+    public init(settings: TrainingSettings, transport: Transport) throws {
+        self.settings = settings
+        corpus = try TextCorpus(contentsOf: settings.data, sequenceLength: settings.sequenceLength)
+        _ = try corpus.validationBatches(batchSize: settings.batchSize, limit: 1)
+        learningRates = try LearningRateSchedule(
+            maxLearningRate: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: settings.steps)
+        let plan = try PipelinePlan(
+            request: settings.pipeline, unitCosts: settings.model.unitCosts(sequenceLength: settings.sequenceLength))
+        guard settings.batchSize >= plan.schedule.microBatches else {
+            throw TwoBPError("a batch of \(settings.batchSize) sequences cannot be split into \(plan.schedule.microBatches) micro-batches; raise --batch-size or lower --micro-batches")
+        }
+        worker = try StageWorker(plan: plan, config: settings.model, seed: settings.seed, transport: transport,
+                                 optimizer: settings.optimizer)
+        state = TrainerState(step: 0, seed: settings.seed, batchSize: settings.batchSize,
+                             sequenceLength: settings.sequenceLength, dataFingerprint: corpus.fingerprint,
+                             tokensSeen: 0, schedule: learningRates)
+        if let resume = settings.resume { try restore(from: resume) }
+    }
+
+    private func restore(from url: URL) throws {
+        let checkpoint = try Checkpoint.load(from: Checkpoint.resolve(url))
+        let savedModel = try LlamaConfig.parse(checkpoint.config, source: checkpoint.folder.appendingPathComponent(Checkpoint.configFileName).path)
+        guard savedModel == settings.model else {
+            throw TwoBPError("\(checkpoint.folder.path) holds a different model configuration than --model")
+        }
+        try checkpoint.state.checkResumable(seed: settings.seed, batchSize: settings.batchSize,
+                                            sequenceLength: settings.sequenceLength, dataFingerprint: corpus.fingerprint)
+        guard checkpoint.state.step <= settings.steps else {
+            throw TwoBPError("\(checkpoint.folder.path) is at step \(checkpoint.state.step), past --steps \(settings.steps)")
+        }
+        try checkpoint.restore(into: [worker.optimizer])
+        state = checkpoint.state
+        state.schedule = learningRates
+    }
+
+    /// Trains from the current step up to `settings.steps`; returns the outcome on rank 0, nil elsewhere.
+    public func run() throws -> TrainingOutcome? {
+        let ranks = transport.worldSize
+        let tokensPerStep = settings.batchSize * settings.sequenceLength
+        let metrics = try isRoot ? settings.metrics.map { try MetricsLog(url: $0, resumingAfter: state.step) } : nil
+        let progress = isRoot && settings.showProgress ? ProgressReporter(totalSteps: settings.steps) : nil
+        let evaluationModel = isRoot ? try LlamaModel(config: settings.model, seed: settings.seed) : nil
+        let firstStep = state.step
+        var validationLoss = state.validationHistory.last?.loss
+        var stepTimes: [Double] = []
+        var idleRatios: [[Double]] = []
+        var lastEvents: [TimelineEvent] = []
+
+        for step in firstStep..<settings.steps {
+            let batch = corpus.trainingBatch(step: step, batchSize: settings.batchSize, seed: settings.seed)
+            _ = try transport.allReduceSum([])  // align the ranks' clocks at the step's start
+            let origin = DispatchTime.now().uptimeNanoseconds
+            let result = try worker.computeGradients(batch, clockOrigin: origin)
+            let busy = result.events.filter { !$0.action.kind.isCommunication }.reduce(0) { $0 + $1.duration }
+            var local = [Double](repeating: 0, count: 2 + 3 * ranks)
+            local[0] = result.loss
+            local[1] = AdamW.squaredGradientSum(worker.parameters)
+            local[2 + transport.rank] = busy
+            local[2 + ranks + transport.rank] = result.events.first?.start ?? 0
+            local[2 + 2 * ranks + transport.rank] = result.events.last?.end ?? 0
+            let global = try transport.allReduceSum(local)
+            let learningRate = learningRates.learningRate(at: step)
+            try worker.optimizer.update(learningRate: Float(learningRate), globalGradientNorm: global[1].squareRoot())
+            let stepTime = Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9
+
+            let scheduleSpan = (global[(2 + 2 * ranks)...].max() ?? 0) - (global[(2 + ranks)..<(2 + 2 * ranks)].min() ?? 0)
+            idleRatios.append((0..<ranks).map { scheduleSpan > 0 ? Swift.max(0, scheduleSpan - global[2 + $0]) / scheduleSpan : 0 })
+            stepTimes.append(stepTime)
+            lastEvents = result.events
+            state.step = step + 1
+            state.tokensSeen += tokensPerStep
+            state.lossHistory.append(global[0])
+            state.elapsedSeconds += stepTime
+
+            let tokensPerSecond = Double(tokensPerStep) / stepTime
+            try metrics?.log(step: step + 1, loss: global[0], learningRate: learningRate, tokensPerSecond: tokensPerSecond,
+                             extra: [(key: "grad_norm", value: .double(global[1].squareRoot())),
+                                     (key: "step_time_seconds", value: .double(stepTime))])
+            progress?.update(step: step + 1, loss: global[0], tokensPerSecond: tokensPerSecond, learningRate: learningRate)
+
+            let isLast = step + 1 == settings.steps
+            if isLast || (step + 1) % settings.evaluateEvery == 0 {
+                if let loss = try validate(into: evaluationModel) {
+                    validationLoss = loss
+                    state.validationHistory.append(.init(step: step + 1, loss: loss))
+                    progress?.message("step \(step + 1): validation loss \(String(format: "%.4f", loss))")
+                }
+            }
+            if let directory = settings.checkpointDirectory,
+               isLast || (settings.saveEvery.map { (step + 1) % $0 == 0 } ?? false) {
+                try saveCheckpoint(in: directory)
+            }
+        }
+        progress?.finish()
+        try metrics?.close()
+
+        let timelines = try transport.gather(Array(try JSONEncoder().encode(lastEvents)), root: 0)
+        let peaks = try transport.allReduceSum((0..<ranks).map { $0 == transport.rank ? Double(worker.meter.peakBytes) : 0 })
+        guard isRoot, let timelines else { return nil }
+        let events = try timelines.flatMap { try JSONDecoder().decode([TimelineEvent].self, from: Data($0)) }
+        let measured = stepTimes.count > 1 ? Array(stepTimes.dropFirst()) : stepTimes
+        let measuredIdle = idleRatios.count > 1 ? Array(idleRatios.dropFirst()) : idleRatios
+        let peakBytes = peaks.map { Int($0) }
+        let totalTime = stepTimes.reduce(0, +)
+        return TrainingOutcome(
+            losses: state.lossHistory,
+            validationLoss: validationLoss,
+            tokensPerSecond: totalTime > 0 ? Double(tokensPerStep * stepTimes.count) / totalTime : 0,
+            stepTimeSeconds: measured.isEmpty ? 0 : measured.reduce(0, +) / Double(measured.count),
+            bubbleRatio: (0..<ranks).map { rank in
+                measuredIdle.isEmpty ? 0 : measuredIdle.map { $0[rank] }.reduce(0, +) / Double(measuredIdle.count)
+            },
+            peakBytes: peakBytes,
+            lastStepTimeline: Timeline(ranks: ranks, events: events, peakMemory: peakBytes))
+    }
+
+    /// Mean validation loss (nats per byte) on rank 0, from every rank's current weights; nil elsewhere.
+    private func validate(into model: LlamaModel?) throws -> Double? {
+        let named = worker.parameters.map { (name: $0.name, tensor: $0.value) }
+        guard let files = try ParameterGathering.gather(named, over: transport), let model else { return nil }
+        try SafeTensorsArchive(files: files, source: "the pipeline's weights").load(into: model.parameters)
+        let batches = try corpus.validationBatches(batchSize: settings.batchSize, limit: settings.validationBatches)
+        let total = try batches.reduce(0.0) { $0 + (try model.loss($1)) }
+        return total / Double(batches.count)
+    }
+
+    /// Gathers every rank's weights and moments onto rank 0, which writes `DIR/step-N` atomically.
+    private func saveCheckpoint(in directory: URL) throws {
+        let model = try ParameterGathering.gather(worker.parameters.map { (name: $0.name, tensor: $0.value) }, over: transport)
+        let moments = try ParameterGathering.gather(worker.optimizer.stateTensors(), metadata: worker.optimizer.stateMetadata, over: transport)
+        guard let model, let moments else { return }
+        func tensors(_ files: [SafeTensorsFile]) throws -> [NamedTensor] {
+            try files.flatMap { file in try file.names.map { (name: $0, tensor: try file.tensor($0)) } }
+        }
+        try Checkpoint.save(in: directory, model: [try tensors(model)], optimizer: [try tensors(moments)],
+                            optimizerMetadata: worker.optimizer.stateMetadata,
+                            config: settings.model.jsonData(), state: state)
+    }
+}

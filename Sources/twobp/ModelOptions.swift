@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import Models
+
+/// Which model and which data: shared by train, verify and bench.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Model: llama-tiny, llama-small, llama-7b, or a path to a Hugging Face config.json.")
+    var model = "llama-tiny"
+
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default: the model's max_position_embeddings).")
+    var sequenceLength: Int?
+
+    @Option(help: "Seed of weight initialisation and data sampling.")
+    var seed: UInt64 = 1234
+
+    mutating func validate() throws {
+        if let sequenceLength, sequenceLength < 1 { throw ValidationError("--seq-len must be at least 1, got \(sequenceLength)") }
+    }
+
+    /// The resolved configuration and sequence length, checked against each other.
+    func resolve() throws -> (config: LlamaConfig, sequenceLength: Int) {
+        let config = try LlamaConfig.resolve(model)
+        let length = sequenceLength ?? config.maxPositionEmbeddings
+        try config.checkSequenceLength(length)
+        return (config, length)
+    }
+}
+
+/// The default corpus: the one the set-up script builds, else the shared copy beside the checkout.
+func defaultCorpus() -> URL {
+    let candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
+    let found = candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
+    return URL(fileURLWithPath: found)
+}

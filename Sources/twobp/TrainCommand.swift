@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import Pipeline
+import Schedules
+import Tensor
+import Training
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a LLaMa-like model on a text file, on one device or as a pipeline.",
+        discussion: """
+            With --stages S the model is split into S stages that run concurrently (threads of this \
+            process, or MPI ranks with --transport mpi under mpirun) following --schedule; --2bp splits \
+            each backward into p1 (sent upstream at once) and p2 (deferred). The loss curve is the same \
+            as on one device, to rounding.
+            """)
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var pipeline: PipelineOptions
+
+    @Option(help: "Training text (bytes are tokens). Default: data/shakespeare.txt, else ../shared/data/shakespeare.txt.")
+    var data: String?
+
+    @Option(help: "Total optimizer steps of the run (a resumed run continues up to this).")
+    var steps = 100
+
+    @Option(name: .customLong("batch-size"), help: "Sequences per optimizer step (split into micro-batches).")
+    var batchSize = 16
+
+    @Option(help: "Peak learning rate (AdamW, linear warm-up then cosine decay to a tenth).")
+    var lr = 2e-3
+
+    @Option(help: "Warm-up steps (default: a tenth of --steps, at most 100).")
+    var warmup: Int?
+
+    @Option(name: .customLong("eval-every"), help: "Validation loss on the held-out last 5% every K steps (and at the end).")
+    var evalEvery = 100
+
+    @Option(name: .customLong("eval-batches"), help: "Validation batches per evaluation.")
+    var evalBatches = 8
+
+    @Option(help: "Write one JSON object per optimizer step to this file (JSON lines).")
+    var metrics: String?
+
+    @Option(help: "Write a JSON summary of the run to this file.")
+    var summary: String?
+
+    @Option(help: "Checkpoint folder: writes DIR/step-N (Hugging Face safetensors layout).")
+    var checkpoint: String?
+
+    @Option(name: .customLong("save-every"), help: "Checkpoint every K steps (and at the end).")
+    var saveEvery: Int?
+
+    @Option(help: "Resume from a checkpoint folder DIR/step-N, or DIR for its latest step.")
+    var resume: String?
+
+    @Option(help: "Write the last step's measured timeline as Chrome trace JSON (chrome://tracing, Perfetto).")
+    var timeline: String?
+
+    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per process (default: cores / stages, at least 1).")
+    var blasThreads: Int?
+
+    func validate() throws {
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps)") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        if let warmup, warmup < 0 { throw ValidationError("--warmup must not be negative, got \(warmup)") }
+        guard evalEvery >= 1 else { throw ValidationError("--eval-every must be at least 1, got \(evalEvery)") }
+        guard evalBatches >= 1 else { throw ValidationError("--eval-batches must be at least 1, got \(evalBatches)") }
+        if let saveEvery, saveEvery < 1 { throw ValidationError("--save-every must be at least 1, got \(saveEvery)") }
+        if saveEvery != nil && checkpoint == nil { throw ValidationError("--save-every needs --checkpoint DIR") }
+        if let blasThreads, blasThreads < 1 { throw ValidationError("--blas-threads must be at least 1, got \(blasThreads)") }
+    }
+
+    func run() throws {
+        let (config, sequenceLength) = try modelOptions.resolve()
+        var settings = TrainingSettings(
+            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
+            batchSize: batchSize, sequenceLength: sequenceLength, learningRate: lr,
+            warmupSteps: warmup ?? min(100, steps / 10), seed: modelOptions.seed, evaluateEvery: evalEvery,
+            validationBatches: evalBatches, pipeline: try pipeline.request())
+        settings.modelName = modelOptions.model
+        settings.metrics = metrics.map { URL(fileURLWithPath: $0) }
+        settings.summary = summary.map { URL(fileURLWithPath: $0) }
+        settings.checkpointDirectory = checkpoint.map { URL(fileURLWithPath: $0) }
+        settings.saveEvery = saveEvery
+        settings.resume = resume.map { URL(fileURLWithPath: $0) }
+        settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
+
+        BLAS.setThreads(blasThreads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / pipeline.stages))
+        let outcomes = try RankThreads.run(transports: ThreadTransport.group(ranks: pipeline.stages)) { transport in
+            try Trainer(settings: settings, transport: transport).run()
+        }
+        guard let outcome = outcomes[0] else { return }
+        try TrainingReport(settings: settings, outcome: outcome).write()
+    }
+}

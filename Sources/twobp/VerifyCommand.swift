@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Models
+import Pipeline
+import Tensor
+import Training
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check a pipelined step against the same step on one device.",
+        discussion: """
+            Runs one forward and backward of a batch through the pipeline, and the same batch on one \
+            device from the same weights, then prints the largest relative gradient difference over all \
+            parameters and the loss difference. Exits non-zero when they disagree beyond --tolerance.
+            """)
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var pipeline: PipelineOptions
+
+    @Option(name: .customLong("batch-size"), help: "Sequences in the step (default: the schedule's micro-batches, one sequence each).")
+    var batchSize: Int?
+
+    @Option(help: "Text to take the batch from (default: random tokens).")
+    var data: String?
+
+    @Option(help: "Largest accepted relative gradient (and loss) difference.")
+    var tolerance = 1e-5
+
+    @Option(help: "Write the report as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        guard tolerance > 0 else { throw ValidationError("--tolerance must be positive, got \(tolerance)") }
+    }
+
+    func run() throws {
+        var (config, sequenceLength) = try modelOptions.resolve()
+        if modelOptions.sequenceLength == nil { sequenceLength = min(sequenceLength, 32) }
+        let request = try pipeline.request()
+        let microBatches = try request.resolved().microBatches
+        let size = batchSize ?? microBatches
+        let batch: TokenBatch
+        if let data {
+            let corpus = try TextCorpus(contentsOf: URL(fileURLWithPath: data), sequenceLength: sequenceLength)
+            batch = corpus.trainingBatch(step: 0, batchSize: size, seed: modelOptions.seed)
+        } else {
+            batch = PipelineVerification.randomBatch(vocabularySize: config.vocabSize, batchSize: size,
+                                                     sequenceLength: sequenceLength, seed: modelOptions.seed)
+        }
+        BLAS.setThreads(1)
+        let reports = try RankThreads.run(transports: ThreadTransport.group(ranks: pipeline.stages)) { transport in
+            try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)
+        }
+        guard let report = reports[0] else { return }
+        try finish(report)
+    }
+
+    func finish(_ report: VerificationReport) throws {
+        if let json {
+            try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: json))
+        }
+        let verdict = report.agrees(tolerance: tolerance) ? "OK" : "MISMATCH"
+        print("\(verdict): \(pipeline.schedule)\(pipeline.twoBP ? " + 2BP" : "") on \(pipeline.stages) stages: "
+            + "max relative gradient difference \(String(format: "%.3e", report.maxRelativeGradientDifference)) (\(report.worstParameter)), "
+            + "loss \(String(format: "%.6f", report.pipelineLoss)) vs \(String(format: "%.6f", report.referenceLoss)) "
+            + "(difference \(String(format: "%.3e", report.lossDifference))) over \(report.parameterCount) parameters")
+        guard report.agrees(tolerance: tolerance) else { throw ExitCode.failure }
+    }
+}
