@@ -24,6 +24,22 @@ final class GenerateTests: XCTestCase {
                        try original.logits(tokens: tokens, batchSize: 1, sequenceLength: tokens.count).toArray())
     }
 
+    func testLoadsShardedWeights() throws {
+        let folder = try temporaryFolder(self).appendingPathComponent("sharded")
+        let original = try LlamaModel(config: inferenceTestConfig(), seed: 8)
+        let named = original.parameters.map { (name: $0.name, tensor: $0.value) }
+        let shards = SafeTensors.partition(named, maxShardBytes: 8_000)
+        XCTAssertGreaterThan(shards.count, 2)
+        try SafeTensors.writeSharded(shards, to: folder)
+        try original.config.jsonData().write(to: folder.appendingPathComponent("config.json"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder.appendingPathComponent("model.safetensors").path))
+
+        let loaded = try ModelLoading.load(from: folder)
+        for (a, b) in zip(loaded.model.parameters, original.parameters) {
+            XCTAssertEqual(a.value.toArray(), b.value.toArray(), a.name)
+        }
+    }
+
     func testLoadsTheLatestStepOfATrainingCheckpointAndAStepFolder() throws {
         let directory = try temporaryFolder(self).appendingPathComponent("run")
         let config = inferenceTestConfig()
