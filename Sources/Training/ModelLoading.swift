@@ -1,0 +1,85 @@
+import Foundation
+import Models
+import Tensor
+
+/// Loading a trained LLaMa model for inference (`twobp generate`, `twobp eval`).
+///
+/// Inference needs only `config.json` and the weights (`model.safetensors`, or the sharded
+/// `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`), so `resolveFolder`
+/// accepts, in this order:
+///
+/// - a folder holding those two, e.g. one written by Hugging Face `save_pretrained`, or a
+///   training checkpoint's `DIR/step-N` (its optimizer state and trainer state are not read);
+/// - a training checkpoint `DIR`: its `step-N` folder with the highest N that holds both
+///   (the hidden `.step-N.partial` folders of interrupted saves are never considered).
+public enum ModelLoading {
+    /// A model ready for inference and where it came from.
+    public struct Loaded {
+        /// The folder the weights and `config.json` were read from.
+        public let folder: URL
+        public let config: LlamaConfig
+        public let model: LlamaModel
+    }
+
+    /// Whether `folder` holds `config.json` and the model weights (single file or sharded index).
+    public static func holdsModel(_ folder: URL) -> Bool {
+        FileIO.isFile(folder.appendingPathComponent(Checkpoint.configFileName)) && holdsWeights(folder)
+    }
+
+    private static func holdsWeights(_ folder: URL) -> Bool {
+        let base = Checkpoint.modelBaseName
+        return FileIO.isFile(folder.appendingPathComponent("\(base).safetensors"))
+            || FileIO.isFile(folder.appendingPathComponent("\(base).safetensors.index.json"))
+    }
+
+    /// The folder to read `config.json` and the weights from (see the type's documentation).
+    public static func resolveFolder(_ url: URL) throws -> URL {
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw TwoBPError("no checkpoint at \(url.path)")
+        }
+        guard FileIO.isDirectory(url) else {
+            throw TwoBPError("\(url.path) is a file; --checkpoint takes a folder holding config.json and model.safetensors, or a training checkpoint folder (DIR or DIR/step-N)")
+        }
+        if holdsModel(url) { return url }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []
+        let steps = names.compactMap { name -> (step: Int, url: URL)? in
+            guard let step = stepNumber(ofFolderNamed: name) else { return nil }
+            let folder = url.appendingPathComponent(name)
+            return FileIO.isDirectory(folder) && holdsModel(folder) ? (step, folder) : nil
+        }
+        if let latest = steps.max(by: { $0.step < $1.step }) { return latest.url }
+        var missing: [String] = []
+        if !FileIO.isFile(url.appendingPathComponent(Checkpoint.configFileName)) { missing.append(Checkpoint.configFileName) }
+        if !holdsWeights(url) { missing.append("\(Checkpoint.modelBaseName).safetensors") }
+        throw TwoBPError("\(url.path) holds no model: it lacks \(missing.joined(separator: " and ")) and has no step-N folder holding config.json and model.safetensors")
+    }
+
+    /// Reads `config.json`, builds the model it describes and fills every parameter from the
+    /// weights. Errors name the file: unreadable or invalid config, corrupt safetensors, a missing
+    /// tensor or one of the wrong shape. Tensors the model does not use are ignored.
+    public static func load(from url: URL) throws -> Loaded {
+        let folder = try resolveFolder(url)
+        let configURL = folder.appendingPathComponent(Checkpoint.configFileName)
+        let config = try LlamaConfig.parse(FileIO.read(configURL, what: "model configuration"), source: configURL.path)
+        guard config.vocabSize >= ByteTokenizer.vocabularySize else {
+            throw TwoBPError("\(configURL.path): vocab_size \(config.vocabSize) is smaller than the byte tokenizer's \(ByteTokenizer.vocabularySize) tokens")
+        }
+        let weights = try SafeTensors.open(folder, baseName: Checkpoint.modelBaseName)
+        // The seed is irrelevant: every parameter is overwritten from the file.
+        let model = try LlamaModel(config: config, seed: 0)
+        do {
+            try weights.load(into: model.parameters)
+        } catch let error as TwoBPError {
+            throw TwoBPError("\(error.message) (the weights do not match \(configURL.lastPathComponent))")
+        }
+        return Loaded(folder: folder, config: config, model: model)
+    }
+
+    /// N of a folder named `step-N`, or nil.
+    static func stepNumber(ofFolderNamed name: String) -> Int? {
+        guard name.hasPrefix("step-") else { return nil }
+        let digits = name.dropFirst(5)
+        guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return Int(digits)
+    }
+}
