@@ -10,7 +10,7 @@ import Tensor
 public struct TransportBenchmarkConfiguration: Codable, Sendable, Equatable {
     /// Message sizes in bytes (multiples of 4: the messages are Float32 tensors).
     public var sizes: [Int]
-    /// Timed rounds per size; each reports its mean round trip and the best round is kept.
+    /// Timed rounds per size, alternating reference and transport; every round trip of every round is timed.
     public var repetitions: Int
     /// Untimed round trips before each timed round.
     public var warmupIterations: Int
@@ -48,14 +48,25 @@ public struct TransportBenchmarkConfiguration: Codable, Sendable, Equatable {
 
 /// Latency and bandwidth through a transport next to a reference measured in the same run.
 public struct TransportBenchmarkResult: Codable, Sendable, Equatable {
-    /// One direction of a ping-pong: half the best mean round trip.
+    /// One direction of a ping-pong, from every timed round trip: the median is robust
+    /// to the pre-emptions of a shared machine, the minimum shows the best case.
     public struct Measurement: Codable, Sendable, Equatable {
+        /// Half the median round trip.
         public var latencySeconds: Double
+        /// Half the fastest round trip.
+        public var minLatencySeconds: Double
+        /// Message bytes over `latencySeconds`.
         public var bandwidthBytesPerSecond: Double
+        public var roundTrips: Int
 
-        public init(bytes: Int, roundTripSeconds: Double) {
-            latencySeconds = roundTripSeconds / 2
+        public init(bytes: Int, roundTripSeconds: [Double]) {
+            let sorted = roundTripSeconds.sorted()
+            let middle = sorted.count / 2
+            let median = sorted.isEmpty ? 0 : sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+            latencySeconds = median / 2
+            minLatencySeconds = (sorted.first ?? 0) / 2
             bandwidthBytesPerSecond = latencySeconds > 0 ? Double(bytes) / latencySeconds : 0
+            roundTrips = sorted.count
         }
     }
 
@@ -65,7 +76,7 @@ public struct TransportBenchmarkResult: Codable, Sendable, Equatable {
         public var iterations: Int
         public var reference: Measurement
         public var transport: Measurement
-        /// Transport time over reference time for one message: 1 means no overhead, 1.1 means 10% slower.
+        /// Transport over reference median latency: 1 means no overhead, 1.1 means 10% slower.
         public var timeRatio: Double
     }
 
@@ -84,7 +95,7 @@ public struct TransportBenchmarkResult: Codable, Sendable, Equatable {
     /// One line per size, for people.
     public var table: String {
         var lines = ["\(transport) vs \(reference), ranks \(ranks.map(String.init).joined(separator: "<->")) "
-                     + "(one way, best of \(configuration.repetitions))",
+                     + "(one way: half the median round trip)",
                      "     bytes   ref latency   ref GB/s   transport latency   transport GB/s   ratio"]
         for point in points {
             lines.append(String(format: "%10d  %10.1f us  %9.3f  %15.1f us  %15.3f  %6.3f",
@@ -105,21 +116,19 @@ public enum TransportBenchmark {
     /// Runs `iterations` round trips of a `floats`-element tensor through `transport`
     /// between this rank and `peer`, as a stage runner would use it: each receive is
     /// announced with `expect` before the matching send goes out, and the responder
-    /// sends back the very tensor it received. Returns the mean round-trip time in
-    /// seconds on the initiator and 0 on the responder.
+    /// sends back the very tensor it received. Returns each round trip's seconds on
+    /// the initiator, nothing on the responder.
     public static func pingPong(through transport: Transport, peer: Int, initiator: Bool,
-                                floats: Int, iterations: Int) throws -> Double {
+                                floats: Int, iterations: Int) throws -> [Double] {
         let shape = [floats]
         if initiator {
             let message = Tensor(zeros: shape)
             for index in 0..<floats { message[index] = Float(index % 251) }
-            let start = DispatchTime.now().uptimeNanoseconds
-            for _ in 0..<iterations {
+            return try timedRoundTrips(iterations) {
                 transport.expect(from: peer, tag: pongTag, shape: shape)
                 try transport.send(message, to: peer, tag: pingTag)
                 _ = try transport.receive(from: peer, tag: pongTag, shape: shape)
             }
-            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(max(iterations, 1))
         }
         transport.expect(from: peer, tag: pingTag, shape: shape)
         for iteration in 0..<iterations {
@@ -127,7 +136,19 @@ public enum TransportBenchmark {
             if iteration + 1 < iterations { transport.expect(from: peer, tag: pingTag, shape: shape) }
             try transport.send(message, to: peer, tag: pongTag)
         }
-        return 0
+        return []
+    }
+
+    /// Seconds each of `count` calls of `roundTrip` took.
+    static func timedRoundTrips(_ count: Int, _ roundTrip: () throws -> Void) rethrows -> [Double] {
+        var seconds: [Double] = []
+        seconds.reserveCapacity(count)
+        for _ in 0..<count {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try roundTrip()
+            seconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return seconds
     }
 }
 
@@ -156,27 +177,25 @@ public enum MPITransportBenchmark {
             for bytes in configuration.sizes {
                 let floats = bytes / MemoryLayout<Float>.stride
                 let iterations = configuration.iterations(forBytes: bytes)
-                var bestRaw = Double.infinity
-                var bestTransport = Double.infinity
+                var rawTimes: [Double] = []
+                var transportTimes: [Double] = []
                 for repetition in 0..<configuration.repetitions {
                     // Alternate which goes first so neither always runs on a warmer machine.
                     for rawFirst in repetition % 2 == 0 ? [true, false] : [false, true] {
                         if rawFirst {
                             try raw.run(rank: rank, peer: peer, bytes: bytes, iterations: configuration.warmupIterations)
-                            let time = try raw.run(rank: rank, peer: peer, bytes: bytes, iterations: iterations)
-                            bestRaw = min(bestRaw, time)
+                            rawTimes += try raw.run(rank: rank, peer: peer, bytes: bytes, iterations: iterations)
                         } else {
                             _ = try TransportBenchmark.pingPong(through: transport, peer: peer, initiator: initiator,
                                                                 floats: floats, iterations: configuration.warmupIterations)
-                            let time = try TransportBenchmark.pingPong(through: transport, peer: peer, initiator: initiator,
-                                                                       floats: floats, iterations: iterations)
-                            bestTransport = min(bestTransport, time)
+                            transportTimes += try TransportBenchmark.pingPong(
+                                through: transport, peer: peer, initiator: initiator, floats: floats, iterations: iterations)
                         }
                     }
                 }
                 guard initiator else { continue }
-                let reference = TransportBenchmarkResult.Measurement(bytes: bytes, roundTripSeconds: bestRaw)
-                let measured = TransportBenchmarkResult.Measurement(bytes: bytes, roundTripSeconds: bestTransport)
+                let reference = TransportBenchmarkResult.Measurement(bytes: bytes, roundTripSeconds: rawTimes)
+                let measured = TransportBenchmarkResult.Measurement(bytes: bytes, roundTripSeconds: transportTimes)
                 points.append(.init(bytes: bytes, iterations: iterations, reference: reference, transport: measured,
                                     timeRatio: measured.latencySeconds / reference.latencySeconds))
             }
@@ -203,25 +222,24 @@ public enum MPITransportBenchmark {
 
         deinit { buffer.deallocate() }
 
-        /// Mean round-trip seconds on rank 0, 0 on the responder.
+        /// Each round trip's seconds on rank 0, nothing on the responder.
         @discardableResult
-        func run(rank: Int, peer: Int, bytes: Int, iterations: Int) throws -> Double {
+        func run(rank: Int, peer: Int, bytes: Int, iterations: Int) throws -> [Double] {
             let world = twobp_mpi_comm_world()
             let count = Int32(bytes)
-            let start = DispatchTime.now().uptimeNanoseconds
-            for _ in 0..<iterations {
-                if rank == 0 {
+            if rank == 0 {
+                return try TransportBenchmark.timedRoundTrips(iterations) {
                     try check(MPI_Send(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world), rank, peer)
                     try check(MPI_Recv(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world,
                                        twobp_mpi_status_ignore()), rank, peer)
-                } else {
-                    try check(MPI_Recv(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world,
-                                       twobp_mpi_status_ignore()), rank, peer)
-                    try check(MPI_Send(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world), rank, peer)
                 }
             }
-            guard rank == 0 else { return 0 }
-            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 / Double(max(iterations, 1))
+            for _ in 0..<iterations {
+                try check(MPI_Recv(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world,
+                                   twobp_mpi_status_ignore()), rank, peer)
+                try check(MPI_Send(buffer, count, twobp_mpi_byte(), Int32(peer), Self.tag, world), rank, peer)
+            }
+            return []
         }
 
         private func check(_ code: Int32, _ rank: Int, _ peer: Int) throws {

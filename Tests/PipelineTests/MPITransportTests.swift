@@ -23,6 +23,10 @@ final class MPITransportTests: XCTestCase {
         job.assertSucceeded(everyRankPrints: "pingpong ok")
     }
 
+    func testSendingAndReceivingOnDifferentThreads() throws {
+        try MPIJob.run(ranks: 2, ["threads"]).assertSucceeded(everyRankPrints: "threads ok")
+    }
+
     func testAllReduceAndGatherOnTwoRanks() throws {
         try MPIJob.run(ranks: 2, ["collectives"]).assertSucceeded(everyRankPrints: "collectives ok")
     }
@@ -93,6 +97,9 @@ final class MPITransportTests: XCTestCase {
         for point in result.points {
             for measurement in [point.reference, point.transport] {
                 XCTAssertTrue(measurement.latencySeconds > 0 && measurement.latencySeconds.isFinite, "\(point)")
+                XCTAssertTrue(measurement.minLatencySeconds > 0 && measurement.minLatencySeconds <= measurement.latencySeconds,
+                              "\(point)")
+                XCTAssertEqual(measurement.roundTrips, point.iterations * 2, "two rounds of every size")
                 XCTAssertEqual(measurement.bandwidthBytesPerSecond * measurement.latencySeconds, Double(point.bytes),
                                accuracy: Double(point.bytes) * 1e-9)
             }
