@@ -199,7 +199,7 @@ public final class MPITransport: Transport, @unchecked Sendable {
         }
         do {
             try wait(for: "waiting for \(tag) from rank \(source)") {
-                try completeLocked(message)
+                completeLocked(message)
                 return message.isComplete
             }
         } catch {
@@ -222,7 +222,7 @@ public final class MPITransport: Transport, @unchecked Sendable {
             guard !closed else { return }
             try reapSendsLocked()
             for queue in posted.values {
-                for message in queue { try? completeLocked(message) }
+                queue.forEach(completeLocked)
             }
             reapAbandonedLocked()
         }
@@ -413,7 +413,7 @@ public final class MPITransport: Transport, @unchecked Sendable {
     }
 
     /// Tests a posted receive once; on completion records the count (or the error).
-    private func completeLocked(_ message: PostedReceive) throws {
+    private func completeLocked(_ message: PostedReceive) {
         guard !message.isComplete else { return }
         var flag: Int32 = 0
         var status = MPI_Status()
