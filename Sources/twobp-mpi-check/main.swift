@@ -1,7 +1,8 @@
 // twobp-mpi-check: exercises MPITransport under mpirun, for Tests/PipelineTests/MPI*Tests.swift
-// and by hand (scripts/mpi-check.sh).
+// and by hand (scripts/mpi-run.sh -np 2 .build/debug/twobp-mpi-check pingpong).
 //
 //   mpirun -np 2 twobp-mpi-check pingpong [--steps N]        tensors of many shapes around a ring, values checked
+//   mpirun -np 2 twobp-mpi-check threads [--messages N]      sends on one thread, receives on another
 //   mpirun -np 2 twobp-mpi-check collectives                  allReduceSum and gather, values checked
 //   mpirun -np 2 twobp-mpi-check mismatch                     wrong-sized messages become TwoBPErrors (rank 0 checks)
 //   mpirun -np 2 twobp-mpi-check kill [--victim R] [--after S]    rank R SIGKILLs itself mid-exchange
@@ -129,7 +130,57 @@ func pingPong(_ transport: MPITransport, _ arguments: Arguments) throws {
     }
     say("rank \(transport.rank): pingpong ok: \(statistics.messagesReceived) messages, \(shapes.count) shapes, "
         + "\(steps) steps, \(statistics.bytesReceived) bytes received, buffers allocated "
-        + "\(statistics.buffersAllocated) reused \(statistics.buffersReused), \(transport.environment.threadLevel)")
+        + "\(statistics.buffersAllocated) reused \(statistics.buffersReused), \(transport.environment.threadLevel), "
+        + "tag bound \(transport.tagUpperBound)")
+}
+
+/// The first error any thread records.
+final class FirstError: @unchecked Sendable {
+    private let lock = NSLock()
+    private var first: Error?
+
+    func record(_ error: Error) { lock.withLock { first = first ?? error } }
+    var error: Error? { lock.withLock { first } }
+}
+
+/// Sends from a second thread while the main thread receives: the transport must serialize
+/// its MPI calls itself (MPI_THREAD_SERIALIZED), and the stage need not run on the main thread.
+func threads(_ transport: MPITransport, _ arguments: Arguments) throws {
+    let rank = transport.rank
+    let next = (rank + 1) % transport.worldSize
+    let previous = (rank + transport.worldSize - 1) % transport.worldSize
+    let messages = try arguments.integer("messages", default: 200)
+    let shape = [4, 1024]
+    let tags = (0..<messages).map { MessageTag(kind: .activation, microBatch: $0, stage: rank) }
+    let failure = FirstError()
+    let finished = DispatchGroup()
+    let sender = Thread {
+        defer { finished.leave() }
+        do {
+            for index in 0..<messages {
+                let tag = MessageTag(kind: .activation, microBatch: index, stage: next)
+                try transport.send(filled(shape, source: rank, step: index, shapeIndex: 0), to: next, tag: tag)
+            }
+            try transport.waitForSends()
+        } catch { failure.record(error) }
+    }
+    let receiver = Thread {
+        defer { finished.leave() }
+        do {
+            for (index, tag) in tags.enumerated() {
+                if index + 1 < messages { transport.expect(from: previous, tag: tags[index + 1], shape: shape) }
+                let tensor = try transport.receive(from: previous, tag: tag, shape: shape)
+                try verify(tensor, shape, source: previous, step: index, shapeIndex: 0, what: "\(tag)", rank: rank)
+            }
+        } catch { failure.record(error) }
+    }
+    for thread in [sender, receiver] {
+        finished.enter()
+        thread.start()
+    }
+    finished.wait()
+    if let error = failure.error { throw error }
+    say("rank \(rank): threads ok: \(messages) messages sent and received on two threads")
 }
 
 func collectives(_ transport: MPITransport) throws {
@@ -262,10 +313,13 @@ do {
     if arguments.mode != "timeout" || environment.rank == 0 {
         options.timeout = try arguments.seconds("timeout", default: options.timeout)
     }
+    options.spinTime = try arguments.seconds("spin-time", default: options.spinTime)
+    options.maxPollInterval = try arguments.seconds("max-poll-interval", default: options.maxPollInterval)
     let transport = try MPITransport(environment: environment, options: options)
     guard environment.worldSize >= 2 else { throw TwoBPError("twobp-mpi-check needs at least 2 ranks") }
     switch arguments.mode {
     case "pingpong": try pingPong(transport, arguments)
+    case "threads": try threads(transport, arguments)
     case "collectives": try collectives(transport)
     case "mismatch": try mismatch(transport)
     case "kill": try injectFailure(transport, arguments, kill: true)
