@@ -230,25 +230,29 @@ public final class MPITransport: Transport, @unchecked Sendable {
 
     /// Blocks until every send made so far has completed (its receiver took it).
     public func waitForSends() throws {
-        let pending = lock.withLock { sends.map { "\($0.tag) to rank \($0.destination)" } }
-        guard !pending.isEmpty else { return }
-        let what = pending.count == 1 ? pending[0] : "\(pending[0]) and \(pending.count - 1) more"
-        try wait(for: "waiting for the send of \(what) to complete") {
+        try wait(for: describeSends()) {
             try reapSendsLocked()
             return sends.isEmpty
+        }
+    }
+
+    private func describeSends() -> String {
+        lock.withLock {
+            guard let first = sends.first else { return "waiting for sends to complete" }
+            let more = sends.count > 1 ? " and \(sends.count - 1) more" : ""
+            return "waiting for the send of \(first.tag) to rank \(first.destination)\(more) to complete"
         }
     }
 
     /// Tensors the receive pool holds that nobody else uses; `releaseIdleBuffers()` frees them.
     public var idleBufferBytes: Int {
         lock.withLock {
-            var bytes = 0
-            for shape in pool.keys {
-                for index in pool[shape]!.indices where isKnownUniquelyReferenced(&pool[shape]![index]) {
-                    bytes += pool[shape]![index].allocatedBytes
+            Array(pool.keys).reduce(0) { bytes, shape in
+                withPoolLocked(shape) { tensors in
+                    bytes + tensors.indices.filter { isKnownUniquelyReferenced(&tensors[$0]) }
+                        .reduce(0) { $0 + tensors[$1].allocatedBytes }
                 }
             }
-            return bytes
         }
     }
 
@@ -256,9 +260,10 @@ public final class MPITransport: Transport, @unchecked Sendable {
     public func releaseIdleBuffers() {
         lock.withLock {
             for shape in Array(pool.keys) {
-                var kept: [Tensor] = []
-                for var tensor in pool[shape]! where !isKnownUniquelyReferenced(&tensor) { kept.append(tensor) }
-                pool[shape] = kept.isEmpty ? nil : kept
+                withPoolLocked(shape) { tensors in
+                    let busy = tensors.indices.filter { !isKnownUniquelyReferenced(&tensors[$0]) }
+                    tensors = busy.map { tensors[$0] }
+                }
             }
         }
     }
@@ -383,16 +388,25 @@ public final class MPITransport: Transport, @unchecked Sendable {
 
     /// A fresh or pooled tensor of `shape` that nobody else references.
     private func acquireBufferLocked(shape: [Int]) -> Tensor {
-        if pool[shape] != nil {
-            for index in pool[shape]!.indices where isKnownUniquelyReferenced(&pool[shape]![index]) {
+        withPoolLocked(shape) { tensors in
+            for index in tensors.indices where isKnownUniquelyReferenced(&tensors[index]) {
                 stats.buffersReused += 1
-                return pool[shape]![index]
+                return tensors[index]
             }
+            let tensor = Tensor(zeros: shape)
+            tensors.append(tensor)
+            stats.buffersAllocated += 1
+            return tensor
         }
-        let tensor = Tensor(zeros: shape)
-        pool[shape, default: []].append(tensor)
-        stats.buffersAllocated += 1
-        return tensor
+    }
+
+    /// Runs `body` on the pooled tensors of `shape`, moved out of the dictionary so that
+    /// the one array holds the pool's only reference to each (`isKnownUniquelyReferenced`
+    /// then means "nobody else holds it"; a dictionary copy would add a second one).
+    private func withPoolLocked<Result>(_ shape: [Int], _ body: (inout [Tensor]) -> Result) -> Result {
+        var tensors = pool.removeValue(forKey: shape) ?? []
+        defer { if !tensors.isEmpty { pool[shape] = tensors } }
+        return body(&tensors)
     }
 
     /// Posts an `MPI_Irecv` for one message into a pooled tensor; an error is kept in the entry.

@@ -128,6 +128,14 @@ func pingPong(_ transport: MPITransport, _ arguments: Arguments) throws {
         throw TwoBPError("rank \(transport.rank): counted \(statistics.messagesSent) sends and "
             + "\(statistics.messagesReceived) receives, expected \(expectedMessages) each")
     }
+    // Every received tensor is gone now: the pool's buffers are idle, and releasing them frees them.
+    let idle = transport.idleBufferBytes
+    let live = MemoryMeter.process.liveBytes
+    transport.releaseIdleBuffers()
+    guard idle > 0, transport.idleBufferBytes == 0, MemoryMeter.process.liveBytes == live - idle else {
+        throw TwoBPError("rank \(transport.rank): releasing \(idle) idle buffer bytes left \(transport.idleBufferBytes) idle "
+            + "and moved live bytes from \(live) to \(MemoryMeter.process.liveBytes)")
+    }
     say("rank \(transport.rank): pingpong ok: \(statistics.messagesReceived) messages, \(shapes.count) shapes, "
         + "\(steps) steps, \(statistics.bytesReceived) bytes received, buffers allocated "
         + "\(statistics.buffersAllocated) reused \(statistics.buffersReused), \(transport.environment.threadLevel), "
