@@ -85,7 +85,8 @@ final class MPITransportTests: XCTestCase {
         let job = try MPIJob.run(ranks: 2, ["bench", "--sizes", sizes.map(String.init).joined(separator: ","),
                                             "--repetitions", "2", "--max-iterations", "20"])
         job.assertSucceeded()
-        guard let line = job.output.split(separator: "\n").first(where: { $0.hasPrefix("{") }) else {
+        // Parsed from stdout alone: mpirun forwards stderr (the table) separately and may split a line.
+        guard let line = job.standardOutput.split(separator: "\n").first(where: { $0.hasPrefix("{") }) else {
             return XCTFail("no JSON line in the benchmark output:\n\(job.output)")
         }
         let result = try JSONDecoder().decode(TransportBenchmarkResult.self, from: Data(line.utf8))
@@ -146,13 +147,17 @@ final class MPITransportTests: XCTestCase {
     }
 }
 
-/// One finished `mpirun` job: exit status, merged stdout and stderr, wall time.
+/// One finished `mpirun` job: exit status, what it printed, wall time.
 struct MPIJob {
     let ranks: Int
     let command: String
     let status: Int32
-    let output: String
+    let standardOutput: String
+    let standardError: String
     let seconds: Double
+
+    /// stdout, then stderr.
+    var output: String { standardOutput + standardError }
 
     /// Longest a job may run before the test kills it (a hang is a failure, not a wait).
     static let hardLimit = 120.0
@@ -163,16 +168,21 @@ struct MPIJob {
         let check = try XCTUnwrap(findCheckExecutable(), "twobp-mpi-check not found next to the test bundle; "
             + "run `swift build` (or set TWOBP_MPI_CHECK)", file: file, line: line)
         let launch = ["--allow-run-as-root", "--oversubscribe", "-np", String(ranks), check.path] + arguments
-        let outputURL = FileManager.default.temporaryDirectory
-            .appendingPathComponent("twobp-mpi-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: outputURL.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: outputURL) }
-        let outputHandle = try FileHandle(forWritingTo: outputURL)
+        // Files, not pipes: nobody has to drain them while mpirun runs.
+        let logs = ["out", "err"].map {
+            FileManager.default.temporaryDirectory
+                .appendingPathComponent("twobp-mpi-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString).\($0)")
+        }
+        defer { logs.forEach { try? FileManager.default.removeItem(at: $0) } }
+        let handles = try logs.map { url in
+            _ = FileManager.default.createFile(atPath: url.path, contents: nil)
+            return try FileHandle(forWritingTo: url)
+        }
         let process = Process()
         process.executableURL = mpirun
         process.arguments = launch
-        process.standardOutput = outputHandle
-        process.standardError = outputHandle
+        process.standardOutput = handles[0]
+        process.standardError = handles[1]
         process.standardInput = FileHandle.nullDevice
         let start = Date()
         try process.run()
@@ -191,11 +201,11 @@ struct MPIJob {
             }
         }
         let seconds = Date().timeIntervalSince(start)
-        try outputHandle.close()
-        var output = (try? String(contentsOf: outputURL, encoding: .utf8)) ?? ""
-        if killedByTest { output += "\n[test] mpirun ran past \(hardLimit) s and was killed by the test\n" }
+        try handles.forEach { try $0.close() }
+        let texts = logs.map { (try? String(contentsOf: $0, encoding: .utf8)) ?? "" }
+        let note = killedByTest ? "\n[test] mpirun ran past \(hardLimit) s and was killed by the test\n" : ""
         return MPIJob(ranks: ranks, command: ([mpirun.path] + launch).joined(separator: " "), status: process.terminationStatus,
-                      output: output, seconds: seconds)
+                      standardOutput: texts[0], standardError: texts[1] + note, seconds: seconds)
     }
 
     static func findMPIRun() -> URL? {
@@ -224,7 +234,8 @@ struct MPIJob {
     }
 
     private var transcript: String {
-        "\(command)\nexit status \(status) after \(String(format: "%.1f", seconds)) s\n\(output)"
+        "\(command)\nexit status \(status) after \(String(format: "%.1f", seconds)) s\n"
+            + "stdout:\n\(standardOutput)\nstderr:\n\(standardError)"
     }
 
     func assertSucceeded(everyRankPrints marker: String? = nil, file: StaticString = #filePath, line: UInt = #line) {
