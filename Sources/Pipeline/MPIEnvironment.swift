@@ -87,35 +87,25 @@ public final class MPIEnvironment: @unchecked Sendable {
 
     // MARK: Launch detection
 
-    /// Environment variables a launcher sets on every process it starts, as (size, rank):
-    /// Open MPI's mpirun, PMIx launchers (srun --mpi=pmix, prterun), MPICH/Hydra and MVAPICH.
-    static let launcherVariables: [(size: String, rank: String)] = [
-        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
-        ("PMIX_SIZE", "PMIX_RANK"),
-        ("PMI_SIZE", "PMI_RANK"),
-        ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"),
-    ]
+    /// Variables a launcher sets on every process it starts: Open MPI's mpirun
+    /// (OMPI_COMM_WORLD_*, and PMIX_RANK as any PMIx launcher such as srun --mpi=pmix),
+    /// MPICH's Hydra (PMI_*) and MVAPICH (MV2_COMM_WORLD_*). PMIx announces no size.
+    static let launcherSizeVariables = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
+    static let launcherRankVariables = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"]
 
     /// True when an MPI launcher (mpirun, mpiexec, srun with PMI) started this process,
     /// judged from its environment before MPI is initialized.
-    public static var isLaunchedByMPI: Bool { launchedWorldSize != nil }
+    public static var isLaunchedByMPI: Bool { launchedRank != nil || launchedWorldSize != nil }
 
     /// The job size the launcher announced, if any, without initializing MPI.
-    public static var launchedWorldSize: Int? {
-        launcherValue(\.size)
-    }
+    public static var launchedWorldSize: Int? { firstInteger(launcherSizeVariables) }
 
     /// This process's rank as the launcher announced it, if any, without initializing MPI.
-    public static var launchedRank: Int? {
-        launcherValue(\.rank)
-    }
+    public static var launchedRank: Int? { firstInteger(launcherRankVariables) }
 
-    private static func launcherValue(_ name: KeyPath<(size: String, rank: String), String>) -> Int? {
+    private static func firstInteger(_ names: [String]) -> Int? {
         let environment = ProcessInfo.processInfo.environment
-        for pair in launcherVariables {
-            if let text = environment[pair[keyPath: name]], let value = Int(text) { return value }
-        }
-        return nil
+        return names.lazy.compactMap { environment[$0].flatMap { Int($0) } }.first
     }
 
     // MARK: Lifetime

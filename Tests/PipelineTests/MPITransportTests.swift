@@ -111,7 +111,7 @@ final class MPITransportTests: XCTestCase {
     // MARK: Without mpirun
 
     func testLaunchDetectionReadsLauncherVariables() {
-        let names = MPIEnvironment.launcherVariables.flatMap { [$0.size, $0.rank] }
+        let names = MPIEnvironment.launcherSizeVariables + MPIEnvironment.launcherRankVariables
         let saved = names.map { (name: $0, value: ProcessInfo.processInfo.environment[$0]) }
         defer {
             for (name, value) in saved {
@@ -131,6 +131,11 @@ final class MPITransportTests: XCTestCase {
         setenv("PMI_RANK", "0", 1)
         XCTAssertEqual(MPIEnvironment.launchedWorldSize, 2)
         XCTAssertEqual(MPIEnvironment.launchedRank, 0)
+        names.forEach { unsetenv($0) }
+        setenv("PMIX_RANK", "1", 1)
+        XCTAssertTrue(MPIEnvironment.isLaunchedByMPI, "PMIx announces a rank but no size")
+        XCTAssertNil(MPIEnvironment.launchedWorldSize)
+        XCTAssertEqual(MPIEnvironment.launchedRank, 1)
     }
 
     func testBenchmarkConfigurationScalesIterationsAndRejectsBadSizes() throws {
