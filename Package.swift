@@ -29,6 +29,8 @@ let package = Package(
             "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        /// Test driver for MPITransport, run under mpirun by Tests/PipelineTests/MPI*Tests.swift.
+        .executableTarget(name: "twobp-mpi-check", dependencies: ["Pipeline", "Tensor"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"]),
