@@ -63,6 +63,7 @@ public final class StageRunner {
                     rank: rank, action: action,
                     start: Double(start &- clockOrigin) / 1e9, end: Double(end &- clockOrigin) / 1e9))
             }
+            try transport.waitForSends()
             guard inputActivations.isEmpty, outputActivations.isEmpty, inputGradients.isEmpty, outputGradients.isEmpty else {
                 throw TwoBPError("rank \(rank): the step ended with tensors that no action consumed")
             }

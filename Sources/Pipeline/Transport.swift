@@ -42,10 +42,13 @@ public protocol Transport: AnyObject {
     func allReduceSum(_ values: [Double]) throws -> [Double]
     /// Every rank's bytes, in rank order, on `root`; nil elsewhere.
     func gather(_ bytes: [UInt8], root: Int) throws -> [[UInt8]]?
-    /// Marks this rank failed so every other rank's blocking call throws promptly with `message`.
+    /// Blocks until every send this rank started has left (a step's end; a no-op where sends are handoffs).
+    func waitForSends() throws
+    /// Marks this rank failed so every other rank's blocking call ends promptly with `message`.
     func fail(_ message: String)
 }
 
 extension Transport {
     public func expect(from source: Int, tag: MessageTag, shape: [Int]) {}
+    public func waitForSends() throws {}
 }

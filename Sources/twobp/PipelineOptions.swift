@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import Pipeline
 import Schedules
 import Tensor
 
@@ -19,6 +21,9 @@ struct PipelineOptions: ParsableArguments {
     @Option(help: "Model chunks per rank for interleaved schedules (default 2).")
     var chunks: Int?
 
+    @Option(help: "How stages talk: threads (one process) or mpi (one process per stage, under mpirun).")
+    var transport: TransportKind = .threads
+
     mutating func validate() throws {
         guard stages >= 1 else { throw ValidationError("--stages must be at least 1, got \(stages)") }
         if let microBatches, microBatches < 1 { throw ValidationError("--micro-batches must be at least 1, got \(microBatches)") }
@@ -34,6 +39,20 @@ extension PipelineOptions {
                                    twoBP: twoBP, chunksPerRank: chunks)
         } catch let error as ScheduleError {
             throw TwoBPError(error.message)
+        }
+    }
+}
+
+extension TransportKind: ExpressibleByArgument {}
+
+extension PipelineOptions {
+    /// OpenBLAS threads for each rank's process: the cores shared among the stages of this
+    /// process (threads), or OPENBLAS_NUM_THREADS / 1 for an MPI rank, unless given.
+    func blasThreads(_ requested: Int?) -> Int {
+        if let requested { return requested }
+        switch transport {
+        case .threads: return max(1, ProcessInfo.processInfo.activeProcessorCount / stages)
+        case .mpi: return ProcessInfo.processInfo.environment["OPENBLAS_NUM_THREADS"].flatMap(Int.init) ?? 1
         }
     }
 }

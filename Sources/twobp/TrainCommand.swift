@@ -58,7 +58,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Write the last step's measured timeline as Chrome trace JSON (chrome://tracing, Perfetto).")
     var timeline: String?
 
-    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per process (default: cores / stages, at least 1).")
+    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per process (default: cores / stages with threads, 1 per MPI rank).")
     var blasThreads: Int?
 
     func validate() throws {
@@ -88,11 +88,11 @@ struct TrainCommand: ParsableCommand {
         settings.resume = resume.map { URL(fileURLWithPath: $0) }
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
-        BLAS.setThreads(blasThreads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / pipeline.stages))
-        let outcomes = try RankThreads.run(transports: ThreadTransport.group(ranks: pipeline.stages)) { transport in
+        BLAS.setThreads(pipeline.blasThreads(blasThreads))
+        let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try Trainer(settings: settings, transport: transport).run()
         }
-        guard let outcome = outcomes[0] else { return }
+        guard let outcome else { return }
         try TrainingReport(settings: settings, outcome: outcome).write()
     }
 }

@@ -50,10 +50,10 @@ struct VerifyCommand: ParsableCommand {
                                                      sequenceLength: sequenceLength, seed: modelOptions.seed)
         }
         BLAS.setThreads(1)
-        let reports = try RankThreads.run(transports: ThreadTransport.group(ranks: pipeline.stages)) { transport in
+        let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)
         }
-        guard let report = reports[0] else { return }
+        guard let report else { return }
         try finish(report)
     }
 

@@ -1,0 +1,45 @@
+import Foundation
+import Tensor
+
+/// How pipeline ranks reach each other.
+public enum TransportKind: String, CaseIterable, Sendable {
+    /// One process, one thread per rank; tensors pass by reference.
+    case threads
+    /// One process per rank, launched by `mpirun`; tensors travel through Open MPI.
+    case mpi
+}
+
+/// Starts the ranks of a pipeline and runs the same body on each (SPMD).
+public enum RankLauncher {
+    /// Runs `body` on every rank and returns rank 0's result; nil in the other MPI processes.
+    ///
+    /// With `.threads`, `ranks` threads of this process. With `.mpi`, this process is one
+    /// rank of an `mpirun` job whose size must equal `ranks`; an error on any rank aborts
+    /// the whole job with that rank named, so no rank waits forever.
+    public static func run<T>(_ kind: TransportKind, ranks: Int, receiveTimeout: Double = 300,
+                              _ body: @escaping (Transport) throws -> T?) throws -> T? {
+        switch kind {
+        case .threads:
+            return try RankThreads.run(transports: ThreadTransport.group(ranks: ranks, receiveTimeout: receiveTimeout), body)[0]
+        case .mpi:
+            guard MPIEnvironment.isLaunchedByMPI else {
+                throw TwoBPError("--transport mpi needs the job launched by mpirun, e.g. scripts/mpi-run.sh -np \(ranks) twobp ...")
+            }
+            let environment = try MPIEnvironment.initialize()
+            guard environment.worldSize == ranks else {
+                throw TwoBPError("mpirun started \(environment.worldSize) ranks but --stages is \(ranks); use mpirun -np \(ranks)")
+            }
+            let transport = try MPITransport(environment: environment, options: .init(timeout: receiveTimeout))
+            let result: T?
+            do {
+                result = try body(transport)
+                try transport.waitForSends()
+            } catch {
+                environment.abort("\(error)")
+            }
+            try transport.close()
+            try environment.finalize()
+            return result
+        }
+    }
+}
