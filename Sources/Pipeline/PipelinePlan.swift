@@ -23,8 +23,10 @@ public struct PipelinePlan: Sendable {
         }
         let blocks = unitCosts.count - 2
         guard schedule.virtualStages <= blocks else {
-            let chunkNote = schedule.chunksPerRank > 1 ? " (\(schedule.ranks) ranks × \(schedule.chunksPerRank) chunks)" : ""
-            throw TwoBPError("\(request.kind) needs \(schedule.virtualStages) model stages\(chunkNote) but the model has only \(blocks) transformer layers")
+            guard schedule.chunksPerRank == 1 else {
+                throw TwoBPError("\(request.kind) needs \(schedule.virtualStages) model stages (\(schedule.ranks) ranks × \(schedule.chunksPerRank) chunks) but the model has only \(blocks) transformer layers")
+            }
+            throw TwoBPError("\(schedule.ranks) pipeline stages need at least \(schedule.ranks) transformer layers; the model has \(blocks)")
         }
         self.schedule = schedule
         unitRanges = try Partition.balanced(unitCosts: unitCosts, stages: schedule.virtualStages)

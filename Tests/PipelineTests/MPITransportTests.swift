@@ -167,10 +167,12 @@ struct MPIJob {
     /// Longest a job may run before the test kills it (a hang is a failure, not a wait).
     static let hardLimit = 120.0
 
-    static func run(ranks: Int, _ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> MPIJob {
+    /// Runs `executable` (a product of this package) on `ranks` MPI ranks.
+    static func run(ranks: Int, executable: String = "twobp-mpi-check", _ arguments: [String],
+                    file: StaticString = #filePath, line: UInt = #line) throws -> MPIJob {
         let mpirun = try XCTUnwrap(findMPIRun(), "mpirun not found on PATH: install openmpi-bin and libopenmpi-dev "
             + "(CI does); the MPI transport tests do not skip", file: file, line: line)
-        let check = try XCTUnwrap(findCheckExecutable(), "twobp-mpi-check not found next to the test bundle; "
+        let check = try XCTUnwrap(findProduct(executable), "\(executable) not found next to the test bundle; "
             + "run `swift build` (or set TWOBP_MPI_CHECK)", file: file, line: line)
         let launch = ["--allow-run-as-root", "--oversubscribe", "-np", String(ranks), check.path] + arguments
         // Files, not pipes: nobody has to drain them while mpirun runs.
@@ -223,8 +225,8 @@ struct MPIJob {
 
     /// The driver is a product of this package, so SwiftPM puts it in the same build
     /// products directory as the test bundle.
-    static func findCheckExecutable() -> URL? {
-        if let explicit = ProcessInfo.processInfo.environment["TWOBP_MPI_CHECK"] {
+    static func findProduct(_ name: String) -> URL? {
+        if name == "twobp-mpi-check", let explicit = ProcessInfo.processInfo.environment["TWOBP_MPI_CHECK"] {
             return URL(fileURLWithPath: explicit)
         }
         var directories = Bundle.allBundles.map(\.bundleURL).filter { $0.pathExtension == "xctest" }
@@ -234,7 +236,7 @@ struct MPIJob {
             .deletingLastPathComponent()
         directories.append(packageRoot.appendingPathComponent(".build/debug"))
         return directories.lazy
-            .map { $0.appendingPathComponent("twobp-mpi-check") }
+            .map { $0.appendingPathComponent(name) }
             .first { FileManager.default.isExecutableFile(atPath: $0.path) }
     }
 
