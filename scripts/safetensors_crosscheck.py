@@ -3,8 +3,8 @@
     python3 safetensors_crosscheck.py write DIR    # reference files for Swift to read
     python3 safetensors_crosscheck.py verify DIR   # check the files Swift wrote
 
-Run through scripts/crosscheck-safetensors.sh, which does both around the XCTest
-SafeTensorsCrossCheckTests. The expected values are formulas shared with that test.
+The XCTest SafeTensorsCrossCheckTests runs both around its own reads and writes.
+The expected values are formulas shared with that test.
 """
 import json
 import os

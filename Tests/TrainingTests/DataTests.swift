@@ -103,12 +103,12 @@ final class TextCorpusTests: XCTestCase {
         assertTwoBPError("sequence length must be >= 1") { try TextCorpus(contentsOf: short, sequenceLength: 0) }
     }
 
-    func testShakespeareCorpusLoadsWhenPresent() throws {
-        // The shared copy of the default corpus (see /work/shared/data/README.md); absent in some checkouts.
-        let candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"].map { URL(fileURLWithPath: $0) }
-        guard let url = candidates.first(where: { FileManager.default.fileExists(atPath: $0.path) }) else {
-            throw XCTSkip("no shakespeare.txt here")
-        }
+    func testShakespeareCorpusLoads() throws {
+        // The set-up script's copy of the default corpus, else the shared one beside the checkout.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"].map { root.appendingPathComponent($0) }
+        let url = try XCTUnwrap(candidates.first { FileManager.default.fileExists(atPath: $0.path) },
+                                "no shakespeare.txt: run scripts/setup-data.sh")
         let corpus = try TextCorpus(contentsOf: url, sequenceLength: 256)
         XCTAssertGreaterThan(corpus.bytes.count, 1_000_000)
         let batch = corpus.trainingBatch(step: 0, batchSize: 2, seed: 1)

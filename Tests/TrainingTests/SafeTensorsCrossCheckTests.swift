@@ -3,9 +3,9 @@ import Tensor
 import Training
 import XCTest
 
-/// The Swift half of scripts/crosscheck-safetensors.sh: reads the files Python's
-/// `safetensors` wrote into $TWOBP_SAFETENSORS_CROSSCHECK and writes files for
-/// Python to read back. Skipped when the variable is unset (plain `swift test`).
+/// TwoBP's safetensors against the reference implementation, both ways: Python's
+/// `safetensors` (installed by scripts/install-deps.sh) writes files for Swift to
+/// read, and reads back the files Swift writes (scripts/safetensors_crosscheck.py).
 final class SafeTensorsCrossCheckTests: XCTestCase {
     /// Mirrors SWIFT_TENSORS in scripts/safetensors_crosscheck.py.
     static let swiftTensors: [NamedTensor] = [
@@ -15,10 +15,9 @@ final class SafeTensorsCrossCheckTests: XCTestCase {
     ]
 
     func testAgainstPythonSafetensors() throws {
-        guard let path = ProcessInfo.processInfo.environment["TWOBP_SAFETENSORS_CROSSCHECK"] else {
-            throw XCTSkip("run scripts/crosscheck-safetensors.sh for the Python cross-check")
-        }
-        let folder = URL(fileURLWithPath: path)
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("twobp-crosscheck-\(UUID().uuidString)")
+        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+        try runCrossCheckScript("write", folder)
         let python = try SafeTensors.open(folder.appendingPathComponent("python.safetensors"))
         XCTAssertEqual(python.metadata, ["format": "pt", "writer": "python"])
         XCTAssertEqual(try python.tensor("a", shape: [3, 4]).toArray(), ramp([3, 4], start: -3, step: 0.5).toArray())
@@ -35,5 +34,23 @@ final class SafeTensorsCrossCheckTests: XCTestCase {
         try SafeTensors.write(Self.swiftTensors, to: folder.appendingPathComponent("swift.safetensors"))
         try SafeTensors.writeSharded([[Self.swiftTensors[0]], Array(Self.swiftTensors[1...])],
                                      to: folder.appendingPathComponent("swift-sharded"))
+        try runCrossCheckScript("verify", folder)
+    }
+
+    /// Runs scripts/safetensors_crosscheck.py MODE FOLDER with python3 and fails on a non-zero exit.
+    func runCrossCheckScript(_ mode: String, _ folder: URL) throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/safetensors_crosscheck.py")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script.path, mode, folder.path]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0,
+                       "python3 \(script.lastPathComponent) \(mode) failed (scripts/install-deps.sh installs safetensors and numpy):\n\(text)")
     }
 }
