@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Pipeline
+import Schedules
 import Tensor
 import Training
 
@@ -11,7 +13,7 @@ struct BenchCommand: ParsableCommand {
             Numbers depend on the machine and on the OpenBLAS kernel (OPENBLAS_CORETYPE); every report \
             names the kernel it ran. Compare ratios measured in one run, not numbers across runs.
             """,
-        subcommands: [StepBenchCommand.self])
+        subcommands: [StepBenchCommand.self, PipelineBenchCommand.self])
 }
 
 /// Writes `value` as indented JSON to `path`, when given.
@@ -59,10 +61,90 @@ struct StepBenchCommand: ParsableCommand {
         print(String(format: "step: %.3f s, %.1f GFLOP, %.1f GFLOP/s = %.2f of sgemm (goal 0.6)",
                      result.stepSeconds, result.stepGFLOPs, result.achievedGFLOPS, result.fractionOfSGEMM))
         for (phase, seconds) in result.phaseSeconds.sorted(by: { $0.value > $1.value }) {
-            print(String(format: "  %-16@ %.3f s (%.0f%%)", phase as NSString, seconds, 100 * seconds / result.stepSeconds))
+            print("  " + phase.padded(16) + String(format: " %.3f s (%.0f%%)", seconds, 100 * seconds / result.stepSeconds))
         }
         print(String(format: "  inside GEMMs     %.3f s (%.0f%%) at %.1f GFLOP/s; outside %.3f s",
                      result.gemmSeconds, 100 * result.gemmSeconds / result.stepSeconds, result.gemmGFLOPS, result.nonGEMMSeconds))
         try writeJSON(result, to: json)
+    }
+}
+
+struct PipelineBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipeline",
+        abstract: "Each schedule plain and with 2BP, alternately, several times: tokens/s, 2BP/plain ratio, bubbles, peak memory.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: "Pipeline stages (ranks).")
+    var stages = 2
+
+    @Option(help: "Comma-separated schedules to compare.")
+    var schedules = "gpipe,1f1b-1,1f1b-2"
+
+    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: each schedule's own).")
+    var microBatches: Int?
+
+    @Option(name: .customLong("batch-size"), help: "Sequences per step.")
+    var batchSize = 16
+
+    @Option(help: "Steps per run; the first is warm-up and not timed.")
+    var steps = 3
+
+    @Option(help: "Runs of every variant, interleaved plain / 2BP.")
+    var repeats = 3
+
+    @Option(help: "How stages talk: threads or mpi (under mpirun, one rank per stage).")
+    var transport: TransportKind = .threads
+
+    @Option(help: "Text the batches come from (default: the Shakespeare corpus).")
+    var data: String?
+
+    @Option(help: "Write the result as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard stages >= 1 else { throw ValidationError("--stages must be at least 1, got \(stages)") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        guard steps >= 2 else { throw ValidationError("--steps must be at least 2 (the first is not timed), got \(steps)") }
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1, got \(repeats)") }
+    }
+
+    func run() throws {
+        let (config, sequenceLength) = try modelOptions.resolve()
+        let kinds = try schedules.split(separator: ",").map { name in
+            do { return try ScheduleKind(name: String(name)) } catch let error as ScheduleError { throw TwoBPError(error.message) }
+        }
+        var settings = TrainingSettings(
+            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
+            batchSize: batchSize, sequenceLength: sequenceLength, learningRate: 1e-3, warmupSteps: 0,
+            seed: modelOptions.seed, evaluateEvery: nil, validationBatches: 1,
+            pipeline: ScheduleRequest(kind: kinds[0], ranks: stages, microBatches: microBatches), showProgress: false)
+        settings.modelName = modelOptions.model
+        let threads = transport == .threads ? max(1, ProcessInfo.processInfo.activeProcessorCount / stages) : 1
+        BLAS.setThreads(threads)
+        let result = try PipelineBenchmark.run(base: settings, schedules: kinds, repeats: repeats, transport: transport) {
+            print($0)
+        }
+        guard let result else { return }
+        print("\(result.model), \(stages) stages over \(transport.rawValue), batch \(batchSize) × \(sequenceLength), "
+            + "OpenBLAS \(result.blasCore) kernel, \(threads) BLAS thread(s) per stage, median of \(repeats)")
+        print("schedule   M   plain tok/s   2BP tok/s   2BP/plain   bubble plain       bubble 2BP         peak MiB plain   peak MiB 2BP")
+        for c in result.comparisons {
+            func ratios(_ v: PipelineBenchmark.Variant) -> String { v.bubbleRatio.map { String(format: "%.2f", $0) }.joined(separator: " ") }
+            func mebibytes(_ v: PipelineBenchmark.Variant) -> String { v.peakBytes.map { String($0 >> 20) }.joined(separator: " ") }
+            print(c.schedule.padded(9) + String(format: " %2d  %11.0f  %10.0f  %9.3f   ", c.plain.microBatches,
+                                                c.plain.medianTokensPerSecond, c.twoBP.medianTokensPerSecond, c.speedup)
+                + ratios(c.plain).padded(17) + "  " + ratios(c.twoBP).padded(17) + "  "
+                + mebibytes(c.plain).padded(15) + "  " + mebibytes(c.twoBP))
+        }
+        try writeJSON(result, to: json)
+    }
+}
+
+extension String {
+    /// Left-aligned in a column of `width` characters.
+    func padded(_ width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
     }
 }
