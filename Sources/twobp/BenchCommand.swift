@@ -13,7 +13,7 @@ struct BenchCommand: ParsableCommand {
             Numbers depend on the machine and on the OpenBLAS kernel (OPENBLAS_CORETYPE); every report \
             names the kernel it ran. Compare ratios measured in one run, not numbers across runs.
             """,
-        subcommands: [StepBenchCommand.self, PipelineBenchCommand.self])
+        subcommands: [StepBenchCommand.self, PipelineBenchCommand.self, TransportBenchCommand.self])
 }
 
 /// Writes `value` as indented JSON to `path`, when given.
@@ -138,6 +138,35 @@ struct PipelineBenchCommand: ParsableCommand {
                 + ratios(c.plain).padded(17) + "  " + ratios(c.twoBP).padded(17) + "  "
                 + mebibytes(c.plain).padded(15) + "  " + mebibytes(c.twoBP))
         }
+        try writeJSON(result, to: json)
+    }
+}
+
+struct TransportBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "transport",
+        abstract: "MPI transport latency and bandwidth for activation-sized messages against a raw MPI ping-pong.",
+        discussion: "Run under mpirun with 2 ranks: scripts/mpi-run.sh -np 2 twobp bench transport.")
+
+    @Option(help: "Write the result as JSON to this file.")
+    var json: String?
+
+    func run() throws {
+        guard MPIEnvironment.isLaunchedByMPI else {
+            throw TwoBPError("bench transport measures MPI: launch it with scripts/mpi-run.sh -np 2 twobp bench transport")
+        }
+        let environment = try MPIEnvironment.initialize()
+        let transport = try MPITransport(environment: environment)
+        let result: TransportBenchmarkResult?
+        do {
+            result = try MPITransportBenchmark.run(transport: transport)
+        } catch {
+            environment.abort("\(error)")
+        }
+        try transport.close()
+        try environment.finalize()
+        guard let result else { return }
+        print(result.table)
         try writeJSON(result, to: json)
     }
 }
