@@ -41,14 +41,10 @@ public final class Trainer {
     public init(settings: TrainingSettings, transport: Transport) throws {
         self.settings = settings
         corpus = try TextCorpus(contentsOf: settings.data, sequenceLength: settings.sequenceLength)
-        _ = try corpus.validationBatches(batchSize: settings.batchSize, limit: 1)
         learningRates = try LearningRateSchedule(
             maxLearningRate: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: settings.steps)
         let plan = try PipelinePlan(
             request: settings.pipeline, unitCosts: settings.model.unitCosts(sequenceLength: settings.sequenceLength))
-        guard settings.batchSize >= plan.schedule.microBatches else {
-            throw TwoBPError("a batch of \(settings.batchSize) sequences cannot be split into \(plan.schedule.microBatches) micro-batches; raise --batch-size or lower --micro-batches")
-        }
         worker = try StageWorker(plan: plan, config: settings.model, seed: settings.seed, transport: transport,
                                  optimizer: settings.optimizer)
         state = TrainerState(step: 0, seed: settings.seed, batchSize: settings.batchSize,

@@ -1,5 +1,7 @@
 import Foundation
 import Models
+import Pipeline
+import Tensor
 import Schedules
 
 /// Everything a training run needs, as the `train` command resolved it.
@@ -48,5 +50,20 @@ public struct TrainingSettings {
         self.pipeline = pipeline
         self.optimizer = optimizer
         self.showProgress = showProgress
+    }
+}
+
+extension TrainingSettings {
+    /// Checks everything a run would trip over (data, schedule, model fit, batch split,
+    /// resume folder) before any rank starts, so a bad request is one clear error.
+    public func check() throws {
+        try model.checkSequenceLength(sequenceLength)
+        let plan = try PipelinePlan(request: pipeline, unitCosts: model.unitCosts(sequenceLength: sequenceLength))
+        guard batchSize >= plan.schedule.microBatches else {
+            throw TwoBPError("a batch of \(batchSize) sequences cannot be split into \(plan.schedule.microBatches) micro-batches; raise --batch-size or lower --micro-batches")
+        }
+        let corpus = try TextCorpus(contentsOf: data, sequenceLength: sequenceLength)
+        if evaluateEvery != nil { _ = try corpus.validationBatches(batchSize: batchSize, limit: 1) }
+        if let resume { _ = try Checkpoint.load(from: Checkpoint.resolve(resume)) }
     }
 }

@@ -88,6 +88,7 @@ struct TrainCommand: ParsableCommand {
         settings.resume = resume.map { URL(fileURLWithPath: $0) }
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
+        try settings.check()
         BLAS.setThreads(pipeline.blasThreads(blasThreads))
         let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try Trainer(settings: settings, transport: transport).run()

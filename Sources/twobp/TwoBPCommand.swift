@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Schedules
 import Tensor
 
 /// The `twobp` command line: train, check and plan pipeline-parallel runs with 2-stage backpropagation.
@@ -15,16 +16,22 @@ struct TwoBPCommand: ParsableCommand {
             """,
         subcommands: [TrainCommand.self, VerifyCommand.self, GenerateCommand.self, EvalCommand.self, BenchCommand.self])
 
-    /// Prints a `TwoBPError` as one line and exits non-zero; anything else is ArgumentParser's to report.
+    /// Prints a `TwoBPError` (or a schedule's error) as one line and exits non-zero; anything else is ArgumentParser's to report.
     static func main() {
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as TwoBPError {
-            FileHandle.standardError.write(Data("twobp: error: \(error.message)\n".utf8))
-            Foundation.exit(1)
+            fail(error.message)
+        } catch let error as ScheduleError {
+            fail(error.message)
         } catch {
             exit(withError: error)
         }
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("twobp: error: \(message)\n".utf8))
+        Foundation.exit(1)
     }
 }

@@ -49,6 +49,7 @@ struct VerifyCommand: ParsableCommand {
             batch = PipelineVerification.randomBatch(vocabularySize: config.vocabSize, batchSize: size,
                                                      sequenceLength: sequenceLength, seed: modelOptions.seed)
         }
+        _ = try PipelinePlan(request: request, unitCosts: config.unitCosts(sequenceLength: sequenceLength))
         BLAS.setThreads(1)
         let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)
