@@ -10,6 +10,8 @@ public struct TrainingOutcome {
     /// Training loss of every step of the run so far (index = step), resumed steps included.
     public var losses: [Double]
     public var validationLoss: Double?
+    /// Every validation of the run so far, resumed ones included.
+    public var validationHistory: [TrainerState.ValidationPoint]
     /// Tokens trained per second of step time (validation and checkpoints excluded).
     public var tokensPerSecond: Double
     /// Mean wall time of a step, first step excluded when there are others.
@@ -140,6 +142,7 @@ public final class Trainer {
         return TrainingOutcome(
             losses: state.lossHistory,
             validationLoss: validationLoss,
+            validationHistory: state.validationHistory,
             tokensPerSecond: totalTime > 0 ? Double(tokensPerStep * stepTimes.count) / totalTime : 0,
             stepTimeSeconds: measured.isEmpty ? 0 : measured.reduce(0, +) / Double(measured.count),
             bubbleRatio: (0..<ranks).map { rank in

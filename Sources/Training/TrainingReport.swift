@@ -29,6 +29,9 @@ public struct TrainingReport {
             (key: "bubble_ratio", value: .array(outcome.bubbleRatio.map(JSONValue.double))),
             (key: "peak_bytes_per_rank", value: .array(outcome.peakBytes.map(JSONValue.int))),
             (key: "ranks", value: .array(ranks)),
+            (key: "validation", value: .array(outcome.validationHistory.map {
+                .object([(key: "step", value: .int($0.step)), (key: "loss", value: .double($0.loss))])
+            })),
         ])
     }
 
