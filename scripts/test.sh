@@ -3,6 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-swift build -c release --product twobp
 # XCTest only: the Swift Testing runner would close the log with "0 tests passed".
 swift test --disable-swift-testing "$@"
