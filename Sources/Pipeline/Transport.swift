@@ -51,4 +51,9 @@ public protocol Transport: AnyObject {
 extension Transport {
     public func expect(from source: Int, tag: MessageTag, shape: [Int]) {}
     public func waitForSends() throws {}
+
+    /// Returns once every rank has called it (an all-reduce of one value: an empty one need not synchronise).
+    public func barrier() throws {
+        _ = try allReduceSum([0])
+    }
 }

@@ -53,35 +53,50 @@ public enum Checkpoint {
     @discardableResult
     public static func save(in directory: URL, model: [[NamedTensor]], optimizer: [[NamedTensor]],
                             optimizerMetadata: [String: String], config: Data, state: TrainerState) throws -> URL {
-        guard state.step >= 0 else { throw TwoBPError("cannot save a checkpoint for step \(state.step)") }
-        try requireJSONObject(config) { "the model configuration to save is not a JSON object (\($0))" }
-        try FileIO.createDirectory(directory)
-        try removePartialFolders(in: directory)
-        let name = folderName(step: state.step)
-        let partial = directory.appendingPathComponent(partialPrefix + "\(state.step)" + partialSuffix)
-        let final = directory.appendingPathComponent(name)
+        let partial = try beginSave(in: directory, step: state.step)
         do {
-            try FileIO.createDirectory(partial)
             try SafeTensors.writeSharded(model, to: partial, baseName: modelBaseName)
             try SafeTensors.writeSharded(optimizer, to: partial, baseName: optimizerBaseName, metadata: optimizerMetadata)
-            try FileIO.writeDurably(partial.appendingPathComponent(configFileName), bytes: [UInt8](config))
-            try FileIO.writeDurably(partial.appendingPathComponent(stateFileName), bytes: [UInt8](state.encoded()))
-            try FileIO.syncDirectory(partial)
-            if FileManager.default.fileExists(atPath: final.path) {
-                // Saving a step again (after a resume): move the old one aside first,
-                // since rename cannot replace a non-empty folder.
-                let replaced = directory.appendingPathComponent(partialPrefix + "\(state.step).replaced" + partialSuffix)
-                try FileIO.rename(final, to: replaced)
-                try FileIO.rename(partial, to: final)
-                try FileIO.remove(replaced)
-            } else {
-                try FileIO.rename(partial, to: final)
-            }
-            try FileIO.syncDirectory(directory)
+            return try finishSave(partial, in: directory, config: config, state: state)
         } catch {
             try? FileIO.remove(partial)
             throw error
         }
+    }
+
+    /// Creates `DIR/.step-N.partial` (removing leftovers of interrupted saves) for the tensors to go into.
+    static func beginSave(in directory: URL, step: Int) throws -> URL {
+        guard step >= 0 else { throw TwoBPError("cannot save a checkpoint for step \(step)") }
+        try FileIO.createDirectory(directory)
+        try removePartialFolders(in: directory)
+        let partial = partialFolder(in: directory, step: step)
+        try FileIO.createDirectory(partial)
+        return partial
+    }
+
+    static func partialFolder(in directory: URL, step: Int) -> URL {
+        directory.appendingPathComponent(partialPrefix + "\(step)" + partialSuffix)
+    }
+
+    /// Writes config and trainer state into the partial folder, fsyncs it, and publishes it
+    /// as `DIR/step-N` with one rename (replacing an earlier save of the same step).
+    static func finishSave(_ partial: URL, in directory: URL, config: Data, state: TrainerState) throws -> URL {
+        try requireJSONObject(config) { "the model configuration to save is not a JSON object (\($0))" }
+        let final = directory.appendingPathComponent(folderName(step: state.step))
+        try FileIO.writeDurably(partial.appendingPathComponent(configFileName), bytes: [UInt8](config))
+        try FileIO.writeDurably(partial.appendingPathComponent(stateFileName), bytes: [UInt8](state.encoded()))
+        try FileIO.syncDirectory(partial)
+        if FileManager.default.fileExists(atPath: final.path) {
+            // Saving a step again (after a resume): move the old one aside first,
+            // since rename cannot replace a non-empty folder.
+            let replaced = directory.appendingPathComponent(partialPrefix + "\(state.step).replaced" + partialSuffix)
+            try FileIO.rename(final, to: replaced)
+            try FileIO.rename(partial, to: final)
+            try FileIO.remove(replaced)
+        } else {
+            try FileIO.rename(partial, to: final)
+        }
+        try FileIO.syncDirectory(directory)
         return final
     }
 

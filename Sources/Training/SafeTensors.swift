@@ -140,28 +140,40 @@ public enum SafeTensors {
             try write(shards[0], to: single, metadata: metadata)
             return [single]
         }
-        var weightMap: [(key: String, value: JSONValue)] = []
-        var seen = Set<String>()
-        var totalSize = 0
+        var files: [(file: String, tensors: [NamedTensor])] = []
         var written: [URL] = []
         for (i, shard) in shards.enumerated() {
             let name = shardFileName(baseName: baseName, index: i, count: shards.count)
-            for (tensorName, tensor) in shard {
-                guard seen.insert(tensorName).inserted else {
-                    throw TwoBPError("tensor name '\(tensorName)' appears in two shards")
-                }
-                weightMap.append((key: tensorName, value: .string(name)))
-                totalSize += tensor.count * MemoryLayout<Float>.stride
-            }
             let url = directory.appendingPathComponent(name)
             try write(shard, to: url, metadata: metadata)
+            files.append((name, shard))
             written.append(url)
+        }
+        try writeIndex(files.map { file in (file.file, file.tensors.map { ($0.name, $0.tensor.count * MemoryLayout<Float>.stride) }) },
+                       to: directory, baseName: baseName)
+        try FileIO.remove(single)
+        return written + [index]
+    }
+
+    /// Writes `<baseName>.safetensors.index.json` for shards already in `directory`: for each
+    /// shard file, the names and data bytes of its tensors. A name in two shards is an error.
+    public static func writeIndex(_ shards: [(file: String, tensors: [(name: String, bytes: Int)])], to directory: URL,
+                                  baseName: String = "model") throws {
+        var weightMap: [(key: String, value: JSONValue)] = []
+        var seen = Set<String>()
+        var totalSize = 0
+        for shard in shards {
+            for tensor in shard.tensors {
+                guard seen.insert(tensor.name).inserted else {
+                    throw TwoBPError("tensor name '\(tensor.name)' appears in two shards")
+                }
+                weightMap.append((key: tensor.name, value: .string(shard.file)))
+                totalSize += tensor.bytes
+            }
         }
         weightMap.sort { $0.key < $1.key }
         let indexJSON: JSONValue = ["metadata": ["total_size": .int(totalSize)], "weight_map": .object(weightMap)]
-        try FileIO.writeDurably(index, text: indexJSON.prettyEncoded())
-        try FileIO.remove(single)
-        return written + [index]
+        try FileIO.writeDurably(directory.appendingPathComponent("\(baseName).safetensors.index.json"), text: indexJSON.prettyEncoded())
     }
 
     /// Splits `tensors`, in order, into shards of at most `maxShardBytes` of data

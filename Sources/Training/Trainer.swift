@@ -85,7 +85,7 @@ public final class Trainer {
 
         for step in firstStep..<settings.steps {
             let batch = corpus.trainingBatch(step: step, batchSize: settings.batchSize, seed: settings.seed)
-            _ = try transport.allReduceSum([])  // align the ranks' clocks at the step's start
+            try transport.barrier()  // align the ranks' clocks at the step's start
             let origin = DispatchTime.now().uptimeNanoseconds
             let result = try worker.computeGradients(batch, clockOrigin: origin)
             let busy = result.events.filter { !$0.action.kind.isCommunication }.reduce(0) { $0 + $1.duration }
@@ -166,16 +166,25 @@ public final class Trainer {
         return total / Double(batches.count)
     }
 
-    /// Gathers every rank's weights and moments onto rank 0, which writes `DIR/step-N` atomically.
+    /// Writes `DIR/step-N` atomically: gathered onto rank 0 into one file, or one shard per rank.
     private func saveCheckpoint(in directory: URL) throws {
-        let model = try ParameterGathering.gather(worker.parameters.map { (name: $0.name, tensor: $0.value) }, over: transport)
-        let moments = try ParameterGathering.gather(worker.optimizer.stateTensors(), metadata: worker.optimizer.stateMetadata, over: transport)
-        guard let model, let moments else { return }
-        func tensors(_ files: [SafeTensorsFile]) throws -> [NamedTensor] {
-            try files.flatMap { file in try file.names.map { (name: $0, tensor: try file.tensor($0)) } }
+        let model = worker.parameters.map { (name: $0.name, tensor: $0.value) }
+        let moments = worker.optimizer.stateTensors()
+        let config = try settings.model.jsonData()
+        switch settings.checkpointLayout {
+        case .perStage:
+            try ShardedCheckpoint.save(in: directory, model: model, optimizer: moments,
+                                       optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: state,
+                                       transport: transport)
+        case .single:
+            let gatheredModel = try ParameterGathering.gather(model, over: transport)
+            let gatheredMoments = try ParameterGathering.gather(moments, metadata: worker.optimizer.stateMetadata, over: transport)
+            guard let gatheredModel, let gatheredMoments else { return }
+            func tensors(_ files: [SafeTensorsFile]) throws -> [NamedTensor] {
+                try files.flatMap { file in try file.names.map { (name: $0, tensor: try file.tensor($0)) } }
+            }
+            try Checkpoint.save(in: directory, model: [try tensors(gatheredModel)], optimizer: [try tensors(gatheredMoments)],
+                                optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: state)
         }
-        try Checkpoint.save(in: directory, model: [try tensors(model)], optimizer: [try tensors(moments)],
-                            optimizerMetadata: worker.optimizer.stateMetadata,
-                            config: settings.model.jsonData(), state: state)
     }
 }

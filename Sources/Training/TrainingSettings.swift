@@ -27,6 +27,7 @@ public struct TrainingSettings {
     /// Checkpoint every this many steps (and at the end) when `checkpointDirectory` is set.
     public var saveEvery: Int?
     public var resume: URL?
+    public var checkpointLayout = CheckpointLayout.single
     /// Chrome trace of the last step's measured timeline.
     public var timeline: URL?
     public var pipeline: ScheduleRequest

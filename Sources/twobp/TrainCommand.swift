@@ -52,6 +52,9 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("save-every"), help: "Checkpoint every K steps (and at the end).")
     var saveEvery: Int?
 
+    @Option(name: .customLong("checkpoint-layout"), help: "single: rank 0 writes one model.safetensors; per-stage: each rank writes its stage's shard (needs a folder all ranks share). Default: single with threads, per-stage with MPI.")
+    var checkpointLayout: CheckpointLayout?
+
     @Option(help: "Resume from a checkpoint folder DIR/step-N, or DIR for its latest step.")
     var resume: String?
 
@@ -85,6 +88,7 @@ struct TrainCommand: ParsableCommand {
         settings.summary = summary.map { URL(fileURLWithPath: $0) }
         settings.checkpointDirectory = checkpoint.map { URL(fileURLWithPath: $0) }
         settings.saveEvery = saveEvery
+        settings.checkpointLayout = checkpointLayout ?? (pipeline.transport == .mpi ? .perStage : .single)
         settings.resume = resume.map { URL(fileURLWithPath: $0) }
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
@@ -97,3 +101,5 @@ struct TrainCommand: ParsableCommand {
         try TrainingReport(settings: settings, outcome: outcome).write()
     }
 }
+
+extension CheckpointLayout: ExpressibleByArgument {}
