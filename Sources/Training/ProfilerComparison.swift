@@ -15,6 +15,12 @@ public enum ProfilerComparison {
         public var simulatedStepTime: Double
         /// (simulated - measured) / measured.
         public var relativeError: Double
+        /// The same schedule simulated with each action's median duration taken
+        /// from the measured run itself: checks the simulator's model of
+        /// dependencies and bubbles apart from drift between the profile and
+        /// the run (other load on the cores, caches).
+        public var inRunSimulatedStepTime: Double
+        public var inRunRelativeError: Double
         public var measuredStepTimes: [Double]
         public var measuredBubbleRatio: [Double]
         public var simulatedBubbleRatio: [Double]
@@ -63,13 +69,54 @@ public enum ProfilerComparison {
         let ordered = measuredSteps.sorted { $0.timeline.stepTime < $1.timeline.stepTime }
         let median = ordered[ordered.count / 2]
         let measured = median.timeline.stepTime
+        let inRun = try Simulator.simulate(plan.schedule, costs: inRunCosts(measuredSteps.map(\.timeline), schedule: plan.schedule, profiled: costs))
         return Result(
             schedule: plan.schedule.name, measuredStepTime: measured, simulatedStepTime: simulated.stepTime,
             relativeError: measured > 0 ? (simulated.stepTime - measured) / measured : 0,
+            inRunSimulatedStepTime: inRun.stepTime,
+            inRunRelativeError: measured > 0 ? (inRun.stepTime - measured) / measured : 0,
             measuredStepTimes: measuredSteps.map(\.timeline.stepTime),
             measuredBubbleRatio: (0..<request.ranks).map(median.timeline.bubbleRatio(rank:)),
             simulatedBubbleRatio: (0..<request.ranks).map(simulated.bubbleRatio(rank:)),
             measuredPeakMemory: median.peaks, simulatedPeakMemory: simulated.peakMemory ?? [],
             measured: median.timeline, simulated: simulated)
+    }
+
+    /// `profiled` with each stage's F, I, W (and W* of the k seen) replaced by the median
+    /// measured duration; a fused B splits in the profile's I : W proportion.
+    static func inRunCosts(_ timelines: [Timeline], schedule: Schedule, profiled: CostModel) -> CostModel {
+        func median(_ values: [Double]) -> Double? {
+            values.isEmpty ? nil : values.sorted()[values.count / 2]
+        }
+        var costs = profiled
+        costs.stages = (0..<schedule.virtualStages).map { stage in
+            var cost = profiled.stage(stage)
+            let (rank, chunk) = schedule.location(ofStage: stage)
+            let events = timelines.flatMap { $0.events }.filter { $0.rank == rank && $0.action.chunk == chunk }
+            func durations(_ kind: ActionKind, all: Bool = false) -> [Double] {
+                events.filter { $0.action.kind == kind && (all || $0.action.microBatch != nil) }.map(\.duration)
+            }
+            if let forward = median(durations(.forward)) { cost.forward = forward }
+            if let input = median(durations(.backwardInput)) { cost.backwardInput = input }
+            if let weight = median(durations(.backwardWeight)) { cost.backwardWeight = weight }
+            if let full = median(durations(.backwardFull)) {
+                let share = cost.backwardFull > 0 ? cost.backwardInput / cost.backwardFull : 0.5
+                cost.backwardInput = full * share
+                cost.backwardWeight = full * (1 - share)
+            }
+            let concatenated = events.filter { $0.action.kind == .backwardWeight && $0.action.microBatch == nil }.map(\.duration)
+            if let whole = median(concatenated) {
+                let k = schedule.actions[rank].enumerated().first { $0.element.kind == .backwardWeight && $0.element.microBatch == nil && $0.element.chunk == chunk }
+                    .flatMap { schedule.weightPassCoverage(rank: rank)[$0.offset]?.count } ?? 0
+                if k >= 1 {
+                    var table = cost.concatenatedBackwardWeight ?? (1...k).map { profiled.backwardWeightTime(stage: stage, microBatches: $0) }
+                    if table.count < k { table += (table.count + 1...k).map { profiled.backwardWeightTime(stage: stage, microBatches: $0) } }
+                    table[k - 1] = whole
+                    cost.concatenatedBackwardWeight = table
+                }
+            }
+            return cost
+        }
+        return costs
     }
 }

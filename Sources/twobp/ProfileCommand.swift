@@ -108,6 +108,8 @@ struct ProfileCommand: ParsableCommand {
             let measuredMs = result.measuredStepTime * 1e3, simulatedMs = result.simulatedStepTime * 1e3
             print("\(result.schedule): measured \(String(format: "%.2f", measuredMs)) ms (steps \(stepList)), "
                 + "simulated \(String(format: "%.2f", simulatedMs)) ms, error \(String(format: "%+.1f", 100 * result.relativeError))%")
+            print("    simulated from this run's own action times: \(String(format: "%.2f", result.inRunSimulatedStepTime * 1e3)) ms, "
+                + "error \(String(format: "%+.1f", 100 * result.inRunRelativeError))%")
             print("    bubble measured " + result.measuredBubbleRatio.map { String(format: "%.1f%%", 100 * $0) }.joined(separator: " ")
                 + ", simulated " + result.simulatedBubbleRatio.map { String(format: "%.1f%%", 100 * $0) }.joined(separator: " "))
             print("    peak measured " + result.measuredPeakMemory.map(ScheduleCommand.bytes).joined(separator: " / ")
