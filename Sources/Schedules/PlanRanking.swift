@@ -99,7 +99,7 @@ public enum PlanRanking {
                 for twoBP in [false, true] {
                     let name = kind.rawValue + (twoBP ? Schedule.twoBPSuffix : "")
                     do {
-                        let naiveScale = settings.microBatches ?? kind.defaultMicroBatches(ranks: settings.ranks)
+                        let naiveScale = settings.microBatches ?? ScheduleKind.gpipe.defaultMicroBatches(ranks: settings.ranks)
                         let microBatches = kind == .naive ? 1 : settings.microBatches
                         let scale = kind == .naive ? naiveScale : 1
                         let schedule = try Schedule.make(kind: kind, ranks: settings.ranks, microBatches: microBatches, twoBP: twoBP)

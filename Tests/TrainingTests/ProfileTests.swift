@@ -25,8 +25,10 @@ final class ProfileTests: XCTestCase {
             XCTAssertGreaterThan(stage.activationBytes, 0, "stage \(index)")
             XCTAssertGreaterThan(stage.stashBytes, 0, "stage \(index)")
             XCTAssertEqual(stage.staticBytes, 16 * result.stages[index].parameters)
-            // Weights and gradients are allocated when the chunk is built: half the static bytes.
-            XCTAssertEqual(result.stages[index].builtBytes, stage.staticBytes / 2)
+            // Weights and gradients are allocated when the chunk is built (half the static bytes),
+            // plus small tables such as RoPE's cos/sin.
+            XCTAssertGreaterThanOrEqual(result.stages[index].builtBytes, stage.staticBytes / 2)
+            XCTAssertLessThan(result.stages[index].builtBytes, stage.staticBytes / 2 + 64 << 10)
         }
         XCTAssertEqual(result.stages.reduce(0) { $0 + $1.parameters }, tiny.parameterCount)
         XCTAssertEqual(costs.messageBytes, 2 * 8 * tiny.hiddenSize * 4)
