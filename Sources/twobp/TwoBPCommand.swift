@@ -14,7 +14,7 @@ struct TwoBPCommand: ParsableCommand {
             backward-p2 (weight gradients) runs later, in bubbles or concatenated at the end of the step.
             Start with `twobp train --model llama-tiny --steps 50`, or `twobp schedule --schedule 1f1b-1 --stages 4 --2bp`.
             """,
-        subcommands: [TrainCommand.self, VerifyCommand.self, GenerateCommand.self, EvalCommand.self, BenchCommand.self])
+        subcommands: [TrainCommand.self, VerifyCommand.self, GenerateCommand.self, EvalCommand.self, BenchCommand.self, ScheduleCommand.self, PlanCommand.self, ProfileCommand.self])
 
     /// Prints a `TwoBPError` (or a schedule's error) as one line and exits non-zero; anything else is ArgumentParser's to report.
     static func main() {

@@ -1,0 +1,198 @@
+import Foundation
+import Layers
+import Models
+import Pipeline
+import Schedules
+import Tensor
+
+/// Measures a cost model on this machine: for each virtual stage of the
+/// balanced partition a schedule would run, the seconds of F, p1 and p2 of
+/// one micro-batch and of p2 concatenated over k micro-batches (`W*`), and the
+/// bytes the stage's `MemoryMeter` sees kept alive between them.
+///
+/// Each stage is built alone (its own chunk and meter, on the calling thread)
+/// and fed random activations and gradients of the right shape, so no
+/// pipeline runs; call with one BLAS thread to match a pipeline stage.
+public enum Profiler {
+    public struct Settings: Sendable {
+        public var model: LlamaConfig
+        public var modelName: String
+        /// Decides the virtual stages (ranks × chunks) and the default micro-batches.
+        public var request: ScheduleRequest
+        /// Sequences per step, split into the schedule's micro-batches.
+        public var batchSize: Int
+        public var sequenceLength: Int
+        /// Measurements per figure (after one warm-up); the median is kept.
+        public var repeats: Int
+        public var seed: UInt64
+
+        public init(model: LlamaConfig, modelName: String, request: ScheduleRequest, batchSize: Int,
+                    sequenceLength: Int, repeats: Int = 3, seed: UInt64 = 1234) {
+            self.model = model
+            self.modelName = modelName
+            self.request = request
+            self.batchSize = batchSize
+            self.sequenceLength = sequenceLength
+            self.repeats = repeats
+            self.seed = seed
+        }
+    }
+
+    /// One virtual stage's measurements (seconds, bytes).
+    public struct StageProfile: Codable, Sendable {
+        public var stage: Int
+        public var firstUnit: Int
+        public var endUnit: Int
+        public var parameters: Int
+        public var forward: Double
+        public var backwardInput: Double
+        public var backwardWeight: Double
+        /// Measured `W*` seconds by micro-batch count k (1, 2, 4, ..., M).
+        public var concatenated: [Int: Double]
+        public var activationBytes: Int
+        public var stashBytes: Int
+        /// 4 × parameters × 4 bytes: fp32 weights, gradients, AdamW m and v.
+        public var staticBytes: Int
+        /// Bytes the meter saw alive after building the chunk (weights + gradients).
+        public var builtBytes: Int
+    }
+
+    public struct Result: Sendable {
+        public var settings: Settings
+        public var microBatches: Int
+        public var microBatchSize: Int
+        public var blasCore: String
+        public var stages: [StageProfile]
+        /// What `schedule --costs` and `plan --costs` read; `concatenatedBackwardWeight`
+        /// is dense for k = 1...M (linear between the measured k).
+        public var costs: CostModel
+
+        /// The cost model's JSON with a `profile` object added (ignored when read back as a `CostModel`).
+        public func jsonData() throws -> Data {
+            guard var object = try JSONSerialization.jsonObject(with: costs.jsonData()) as? [String: Any] else {
+                throw TwoBPError("could not encode the cost model")
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let stageObjects = try stages.map { try JSONSerialization.jsonObject(with: encoder.encode($0)) }
+            object["profile"] = [
+                "model": settings.modelName, "schedule": settings.request.description,
+                "batchSize": settings.batchSize, "microBatches": microBatches, "microBatchSize": microBatchSize,
+                "sequenceLength": settings.sequenceLength, "repeats": settings.repeats, "blasCore": blasCore,
+                "blasThreads": 1, "statistic": "median", "stages": stageObjects,
+            ] as [String: Any]
+            return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        }
+    }
+
+    public static func run(_ settings: Settings) throws -> Result {
+        guard settings.repeats >= 1 else { throw TwoBPError("--repeats must be at least 1, got \(settings.repeats)") }
+        let plan = try PipelinePlan(request: settings.request, unitCosts: settings.model.unitCosts(sequenceLength: settings.sequenceLength))
+        let microBatches = plan.schedule.microBatches
+        let batch = PipelineVerification.randomBatch(vocabularySize: settings.model.vocabSize, batchSize: settings.batchSize,
+                                                     sequenceLength: settings.sequenceLength, seed: settings.seed)
+        let microBatch = try batch.split(into: microBatches)[0]
+        var counts = [1]
+        while counts.last! * 2 <= microBatches { counts.append(counts.last! * 2) }
+        if counts.last! != microBatches { counts.append(microBatches) }
+        let profiles = try plan.unitRanges.enumerated().map { stage, units in
+            try profileStage(stage, units: units, settings: settings, microBatch: microBatch, counts: counts)
+        }
+        let stageCosts = profiles.map { profile in
+            StageCost(forward: profile.forward, backwardInput: profile.backwardInput, backwardWeight: profile.backwardWeight,
+                      concatenatedBackwardWeight: denseTable(profile.concatenated, upTo: microBatches),
+                      activationBytes: profile.activationBytes, stashBytes: profile.stashBytes, staticBytes: profile.staticBytes)
+        }
+        let messageBytes = microBatch.batchSize * settings.sequenceLength * settings.model.hiddenSize * MemoryLayout<Float>.stride
+        let costs = CostModel(stages: stageCosts, messageBytes: messageBytes)
+        try costs.check(virtualStages: stageCosts.count)
+        return Result(settings: settings, microBatches: microBatches, microBatchSize: microBatch.batchSize,
+                      blasCore: BLAS.coreName, stages: profiles, costs: costs)
+    }
+
+    /// k = 1...upTo, from the measured k by linear interpolation (and extrapolation past the last).
+    static func denseTable(_ measured: [Int: Double], upTo count: Int) -> [Double] {
+        let points = measured.sorted { $0.key < $1.key }
+        return (1...count).map { k in
+            if let exact = measured[k] { return exact }
+            let upper = points.firstIndex { $0.key > k } ?? points.count - 1
+            let lower = max(0, upper - 1)
+            let (k0, t0) = points[lower], (k1, t1) = points[upper]
+            guard k1 != k0 else { return t0 * Double(k) / Double(k0) }
+            return t0 + (t1 - t0) * Double(k - k0) / Double(k1 - k0)
+        }
+    }
+
+    private static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+
+    private static func seconds(_ body: () throws -> Void) rethrows -> Double {
+        let start = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+
+    private static func profileStage(_ stage: Int, units: Range<Int>, settings: Settings, microBatch: TokenBatch,
+                                     counts: [Int]) throws -> StageProfile {
+        let meter = MemoryMeter(name: "profile stage \(stage)")
+        return try MemoryMeter.withCurrent(meter) {
+            let chunk = try LlamaChunk(config: settings.model, units: units, seed: settings.seed)
+            let built = meter.liveBytes
+            let parameters = chunk.parameters.reduce(0) { $0 + $1.value.count }
+            let shape = [microBatch.batchSize, microBatch.sequenceLength, settings.model.hiddenSize]
+            var generator = SeededGenerator(seed: settings.seed &+ UInt64(stage))
+            func randomTensor(std: Float) -> Tensor {
+                let tensor = Tensor(zeros: shape)
+                tensor.fillNormal(std: std, using: &generator)
+                return tensor
+            }
+
+            var forwardTimes: [Double] = [], inputTimes: [Double] = [], weightTimes: [Int: [Double]] = [:]
+            var activationBytes = 0, stashBytes = 0
+            /// F, p1 of k micro-batches, then one p2 over them; records times when `record`.
+            func round(_ k: Int, record: Bool) throws {
+                for m in 0..<k {
+                    let before = meter.liveBytes
+                    try scoped {
+                        let input = chunk.isFirst ? nil : randomTensor(std: 1)
+                        var output: ChunkOutput?
+                        let time = try seconds { output = try chunk.forward(input, batch: microBatch, microBatch: m) }
+                        if record { forwardTimes.append(time) }
+                        _ = output
+                    }
+                    if m == 0 { activationBytes = meter.liveBytes - before }
+                }
+                for m in 0..<k {
+                    let before = meter.liveBytes
+                    try scoped {
+                        let gradient = chunk.isLast ? nil : randomTensor(std: 1e-3)
+                        var inputGradient: Tensor?
+                        let time = try seconds { inputGradient = try chunk.backwardInput(gradient, microBatch: m) }
+                        if record { inputTimes.append(time) }
+                        _ = inputGradient
+                    }
+                    if m == 0 { stashBytes = activationBytes + meter.liveBytes - before }
+                }
+                let time = try seconds { try chunk.backwardWeight(k == 1 ? .microBatch(0) : .allPending) }
+                if record { weightTimes[k, default: []].append(time) }
+            }
+            try round(1, record: false)  // warm-up: first-touch allocations, BLAS buffers
+            for _ in 0..<settings.repeats {
+                for k in counts { try round(k, record: true) }
+            }
+            let concatenated = weightTimes.mapValues(median)
+            return StageProfile(
+                stage: stage, firstUnit: units.lowerBound, endUnit: units.upperBound, parameters: parameters,
+                forward: median(forwardTimes), backwardInput: median(inputTimes), backwardWeight: concatenated[1] ?? 0,
+                concatenated: concatenated, activationBytes: max(0, activationBytes), stashBytes: max(0, stashBytes),
+                staticBytes: 4 * parameters * MemoryLayout<Float>.stride, builtBytes: built)
+        }
+    }
+}
+
+/// Scopes temporaries so they are freed before the meter is read.
+@inline(__always)
+private func scoped<T>(_ body: () throws -> T) rethrows -> T { try body() }
