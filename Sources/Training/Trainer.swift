@@ -88,32 +88,25 @@ public final class Trainer {
             try transport.barrier()  // align the ranks' clocks at the step's start
             let origin = DispatchTime.now().uptimeNanoseconds
             let result = try worker.computeGradients(batch, clockOrigin: origin)
-            let busy = result.events.filter { !$0.action.kind.isCommunication }.reduce(0) { $0 + $1.duration }
-            var local = [Double](repeating: 0, count: 2 + 3 * ranks)
-            local[0] = result.loss
-            local[1] = AdamW.squaredGradientSum(worker.parameters)
-            local[2 + transport.rank] = busy
-            local[2 + ranks + transport.rank] = result.events.first?.start ?? 0
-            local[2 + 2 * ranks + transport.rank] = result.events.last?.end ?? 0
-            let global = try transport.allReduceSum(local)
+            let reduced = try StepReduction.reduce(loss: result.loss, squaredGradientNorm: AdamW.squaredGradientSum(worker.parameters),
+                                                   events: result.events, over: transport)
             let learningRate = learningRates.learningRate(at: step)
-            try worker.optimizer.update(learningRate: Float(learningRate), globalGradientNorm: global[1].squareRoot())
+            try worker.optimizer.update(learningRate: Float(learningRate), globalGradientNorm: reduced.gradientNorm)
             let stepTime = Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9
 
-            let scheduleSpan = (global[(2 + 2 * ranks)...].max() ?? 0) - (global[(2 + ranks)..<(2 + 2 * ranks)].min() ?? 0)
-            idleRatios.append((0..<ranks).map { scheduleSpan > 0 ? Swift.max(0, scheduleSpan - global[2 + $0]) / scheduleSpan : 0 })
+            idleRatios.append(reduced.idleRatios)
             stepTimes.append(stepTime)
             lastEvents = result.events
             state.step = step + 1
             state.tokensSeen += tokensPerStep
-            state.lossHistory.append(global[0])
+            state.lossHistory.append(reduced.loss)
             state.elapsedSeconds += stepTime
 
             let tokensPerSecond = Double(tokensPerStep) / stepTime
-            try metrics?.log(step: step + 1, loss: global[0], learningRate: learningRate, tokensPerSecond: tokensPerSecond,
-                             extra: [(key: "grad_norm", value: .double(global[1].squareRoot())),
+            try metrics?.log(step: step + 1, loss: reduced.loss, learningRate: learningRate, tokensPerSecond: tokensPerSecond,
+                             extra: [(key: "grad_norm", value: .double(reduced.gradientNorm)),
                                      (key: "step_time_seconds", value: .double(stepTime))])
-            progress?.update(step: step + 1, loss: global[0], tokensPerSecond: tokensPerSecond, learningRate: learningRate)
+            progress?.update(step: step + 1, loss: reduced.loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate)
 
             let isLast = step + 1 == settings.steps
             if settings.evaluateEvery.map({ isLast || (step + 1) % $0 == 0 }) ?? false {
