@@ -61,7 +61,7 @@ public final class CausalSelfAttention: Layer {
         let query = try qProj.forward(input, microBatch: microBatch)
         let key = try kProj.forward(input, microBatch: microBatch)
         let value = try vProj.forward(input, microBatch: microBatch)
-        let probabilities = Tensor(zeros: [batch, headCount, length, length])
+        let probabilities = Tensor(uninitialized: [batch, headCount, length, length])
         let attended = attend(query: query, key: key, value: value, probabilities: probabilities, stride: length * length)
         let output = try oProj.forward(attended, microBatch: microBatch)
         try saved.put(Saved(query: query, key: key, value: value, probabilities: probabilities), for: microBatch)
@@ -72,7 +72,7 @@ public final class CausalSelfAttention: Layer {
     /// probability buffer serves every head in turn.
     public func apply(_ input: Tensor) throws -> Tensor {
         let (_, length) = try checkedShape(input)
-        let scratch = Tensor(zeros: [length, length])
+        let scratch = Tensor(uninitialized: [length, length])
         let attended = attend(query: qProj.apply(input), key: kProj.apply(input), value: vProj.apply(input),
                               probabilities: scratch, stride: 0)
         return oProj.apply(attended)
@@ -82,10 +82,10 @@ public final class CausalSelfAttention: Layer {
         let attendedGradient = try oProj.backwardInput(outputGradient, microBatch: microBatch)
         let state = try saved.take(microBatch)
         let (batch, length) = (state.query.shape[0], state.query.shape[1])
-        let queryGradient = Tensor(zeros: state.query.shape)
+        let queryGradient = Tensor(uninitialized: state.query.shape)  // dq GEMMs use beta 0
         let keyGradient = Tensor(zeros: state.key.shape)
         let valueGradient = Tensor(zeros: state.value.shape)
-        let scratch = Tensor(zeros: [length, length])
+        let scratch = Tensor(uninitialized: [length, length])
         attentionBackward(
             dQuery: queryGradient.pointer, dKey: keyGradient.pointer, dValue: valueGradient.pointer, scratch: scratch.pointer,
             dOutput: attendedGradient.pointer, query: state.query.pointer, key: state.key.pointer, value: state.value.pointer,
@@ -117,7 +117,7 @@ public final class CausalSelfAttention: Layer {
         let (batch, length) = (query.shape[0], query.shape[1])
         rotary.rotate(query, heads: headCount)
         rotary.rotate(key, heads: keyValueHeadCount)
-        let output = Tensor(zeros: query.shape)
+        let output = Tensor(uninitialized: query.shape)  // every head's columns written with beta 0
         attentionForward(
             output: output.pointer, probabilities: probabilities.pointer, probabilityStride: stride,
             query: query.pointer, key: key.pointer, value: value.pointer,

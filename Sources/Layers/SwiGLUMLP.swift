@@ -31,7 +31,7 @@ public final class SwiGLUMLP: Layer {
         _ = try checkedRowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
         let gate = try gateProj.forward(input, microBatch: microBatch)
         let up = try upProj.forward(input, microBatch: microBatch)
-        let hidden = Tensor(zeros: gate.shape)
+        let hidden = Tensor(uninitialized: gate.shape)
         swigluForward(hidden.pointer, gate.pointer, up.pointer, count: gate.count)
         let output = try downProj.forward(hidden, microBatch: microBatch)
         try saved.put((gate, up), for: microBatch)
