@@ -31,7 +31,8 @@ public final class CausalSelfAttention: Layer {
         let key: Tensor
         /// v, [batch, length, KV · d].
         let value: Tensor
-        /// softmax probabilities, [batch, H, length, length], zero above the diagonal.
+        /// softmax probabilities, [batch, H, causalPackedSize(length)]: per head the causal row
+        /// blocks packed (see `attentionBlockSize`), the upper triangle not stored.
         let probabilities: Tensor
     }
 
@@ -61,18 +62,18 @@ public final class CausalSelfAttention: Layer {
         let query = try qProj.forward(input, microBatch: microBatch)
         let key = try kProj.forward(input, microBatch: microBatch)
         let value = try vProj.forward(input, microBatch: microBatch)
-        let probabilities = Tensor(zeros: [batch, headCount, length, length])
-        let attended = attend(query: query, key: key, value: value, probabilities: probabilities, stride: length * length)
+        let probabilities = Tensor(uninitialized: [batch, headCount, causalPackedSize(length: length)])
+        let attended = attend(query: query, key: key, value: value, probabilities: probabilities, stride: causalPackedSize(length: length))
         let output = try oProj.forward(attended, microBatch: microBatch)
         try saved.put(Saved(query: query, key: key, value: value, probabilities: probabilities), for: microBatch)
         return output
     }
 
-    /// The forward computation alone, saving nothing (for inference): one [length, length]
-    /// probability buffer serves every head in turn.
+    /// The forward computation alone, saving nothing (for inference): one
+    /// probability buffer (one head's packed blocks) serves every head in turn.
     public func apply(_ input: Tensor) throws -> Tensor {
         let (_, length) = try checkedShape(input)
-        let scratch = Tensor(zeros: [length, length])
+        let scratch = Tensor(uninitialized: [causalPackedSize(length: length)])
         let attended = attend(query: qProj.apply(input), key: kProj.apply(input), value: vProj.apply(input),
                               probabilities: scratch, stride: 0)
         return oProj.apply(attended)
@@ -82,10 +83,10 @@ public final class CausalSelfAttention: Layer {
         let attendedGradient = try oProj.backwardInput(outputGradient, microBatch: microBatch)
         let state = try saved.take(microBatch)
         let (batch, length) = (state.query.shape[0], state.query.shape[1])
-        let queryGradient = Tensor(zeros: state.query.shape)
+        let queryGradient = Tensor(uninitialized: state.query.shape)  // dq GEMMs use beta 0
         let keyGradient = Tensor(zeros: state.key.shape)
         let valueGradient = Tensor(zeros: state.value.shape)
-        let scratch = Tensor(zeros: [length, length])
+        let scratch = Tensor(uninitialized: [Swift.min(attentionBlockSize, length) * length])
         attentionBackward(
             dQuery: queryGradient.pointer, dKey: keyGradient.pointer, dValue: valueGradient.pointer, scratch: scratch.pointer,
             dOutput: attendedGradient.pointer, query: state.query.pointer, key: state.key.pointer, value: state.value.pointer,
@@ -117,7 +118,7 @@ public final class CausalSelfAttention: Layer {
         let (batch, length) = (query.shape[0], query.shape[1])
         rotary.rotate(query, heads: headCount)
         rotary.rotate(key, heads: keyValueHeadCount)
-        let output = Tensor(zeros: query.shape)
+        let output = Tensor(uninitialized: query.shape)  // every head's columns written with beta 0
         attentionForward(
             output: output.pointer, probabilities: probabilities.pointer, probabilityStride: stride,
             query: query.pointer, key: key.pointer, value: value.pointer,
@@ -126,10 +127,30 @@ public final class CausalSelfAttention: Layer {
     }
 }
 
+/// Causal attention is computed in row blocks of `attentionBlockSize` queries: block i (rows
+/// r0 ..< r0 + rows) only sees keys 0 ..< r0 + rows, so each of its products runs over that many
+/// columns instead of T, and the masked upper triangle outside the diagonal blocks is never
+/// computed, stored or read (about 5/8 of the square at T = 256; the flops model still counts the
+/// full square). Block i's probabilities are stored packed, [rows, r0 + rows] row-major,
+/// after the blocks before it; one (sequence, head) takes `causalPackedSize(length:)` floats.
+let attentionBlockSize = 64
+
+/// Floats of one head's packed causal probabilities (Σ over row blocks of rows · (r0 + rows)).
+func causalPackedSize(length: Int) -> Int {
+    var total = 0
+    var r0 = 0
+    while r0 < length {
+        let rows = Swift.min(attentionBlockSize, length - r0)
+        total += rows * (r0 + rows)
+        r0 += rows
+    }
+    return total
+}
+
 /// Causal attention of q [B, T, H·d] against k, v [B, T, KV·d] into y [B, T, H·d]:
-/// per (b, h), `P = softmax(scale · q_bh k_bgᵀ)` masked to j ≤ t (written at
-/// `probabilities + (b·H + h) · probabilityStride`, [T, T], zero above the diagonal) and `y_bh = P v_bg`,
-/// with g = h / (H / KV) and scale = 1 / sqrt(d).
+/// per (b, h), `P = softmax(scale · q_bh k_bgᵀ)` masked to j ≤ t (written packed, see
+/// `attentionBlockSize`, at `probabilities + (b·H + h) · probabilityStride`, zero above the diagonal
+/// inside the diagonal blocks) and `y_bh = P v_bg`, with g = h / (H / KV) and scale = 1 / sqrt(d).
 func attentionForward(
     output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>, probabilityStride: Int,
     query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>,
@@ -143,41 +164,70 @@ func attentionForward(
             let q = query + b * length * queryWidth + h * headSize
             let k = key + b * length * keyWidth + (h / group) * headSize
             let v = value + b * length * keyWidth + (h / group) * headSize
-            let p = probabilities + (b * heads + h) * probabilityStride
-            // S = scale · q kᵀ, [T, T]
-            BLAS.gemm(transposeA: false, transposeB: true, m: length, n: length, k: headSize,
-                      alpha: scale, a: q, lda: queryWidth, b: k, ldb: keyWidth, beta: 0, c: p, ldc: length)
-            causalSoftmax(p, length: length)
-            // y_bh = P v, [T, d] inside y's rows
-            BLAS.gemm(transposeA: false, transposeB: false, m: length, n: headSize, k: length,
-                      a: p, lda: length, b: v, ldb: keyWidth,
-                      beta: 0, c: output + b * length * queryWidth + h * headSize, ldc: queryWidth)
+            let y = output + b * length * queryWidth + h * headSize
+            var p = probabilities + (b * heads + h) * probabilityStride
+            var r0 = 0
+            while r0 < length {
+                let rows = Swift.min(attentionBlockSize, length - r0)
+                let columns = r0 + rows
+                // S_i = scale · q_i k[0 ..< columns]ᵀ, [rows, columns]
+                BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
+                          alpha: scale, a: q + r0 * queryWidth, lda: queryWidth, b: k, ldb: keyWidth,
+                          beta: 0, c: p, ldc: columns)
+                causalSoftmaxBlock(p, rows: rows, columns: columns, firstRow: r0)
+                // y_i = P_i v[0 ..< columns], [rows, d] inside y's rows
+                BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
+                          a: p, lda: columns, b: v, ldb: keyWidth,
+                          beta: 0, c: y + r0 * queryWidth, ldc: queryWidth)
+                p += rows * columns
+                r0 += rows
+            }
         }
     }
 }
 
-/// Row t of the [T, T] scores becomes softmax over columns 0...t, and zeros after.
+/// Row t (0 ..< rows, global position firstRow + t) of a [rows, columns] score block becomes
+/// softmax over columns 0 ... firstRow + t, and zeros after; one pass for the maximum, one for
+/// exp and the sum (16 lanes, summed in a fixed order), one to normalise.
 @inline(__always)
-func causalSoftmax(_ scores: UnsafeMutablePointer<Float>, length: Int) {
-    for t in 0..<length {
-        let row = scores + t * length
-        var maximum = -Float.infinity
-        for j in 0...t { maximum = Swift.max(maximum, row[j]) }
-        var sum: Float = 0
-        for j in 0...t {
-            let e = Foundation.exp(row[j] - maximum)
-            row[j] = e
-            sum += e
+func causalSoftmaxBlock(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int) {
+    typealias V = FastMath.Vector
+    for t in 0..<rows {
+        let row = scores + t * columns
+        let valid = firstRow + t + 1
+        let full = valid & ~15
+        let tail = valid - full
+        var maxima = V(repeating: -.infinity)
+        var j = 0
+        while j < full {
+            maxima = FastMath.maximum(maxima, FastMath.load(row + j))
+            j += 16
         }
-        let inverse = 1 / sum
-        for j in 0...t { row[j] *= inverse }
-        for j in (t + 1)..<length { row[j] = 0 }
+        if tail > 0 { maxima = FastMath.maximum(maxima, FastMath.loadPartial(row + full, count: tail, fill: -.infinity)) }
+        let maximum = V(repeating: maxima.max())
+        var sums = V()
+        j = 0
+        while j < full {
+            let e = FastMath.exp(FastMath.load(row + j) - maximum)
+            FastMath.store(e, row + j)
+            sums += e
+            j += 16
+        }
+        if tail > 0 {
+            var e = FastMath.exp(FastMath.loadPartial(row + full, count: tail, fill: 0) - maximum)
+            for lane in tail..<16 { e[lane] = 0 }
+            FastMath.storePartial(e, row + full, count: tail)
+            sums += e
+        }
+        let inverse = 1 / sums.sum()
+        for j in 0..<valid { row[j] *= inverse }
+        for j in valid..<columns { row[j] = 0 }
     }
 }
 
 /// Backward of `attentionForward` from dy [B, T, H·d]: writes dq (post-RoPE) and adds into dk, dv,
 /// which must start zeroed (query heads sharing a key/value head add to the same columns).
-/// `scratch` is one [T, T] buffer: dP, then dS in place.
+/// `scratch` holds one row block, at least attentionBlockSize · T floats: dP, then dS in place.
 func attentionBackward(
     dQuery: UnsafeMutablePointer<Float>, dKey: UnsafeMutablePointer<Float>, dValue: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>, dOutput: UnsafePointer<Float>,
@@ -187,33 +237,55 @@ func attentionBackward(
     let (queryWidth, keyWidth) = (heads * headSize, keyValueHeads * headSize)
     let group = heads / keyValueHeads
     let scale = 1 / Float(headSize).squareRoot()
+    let packedSize = causalPackedSize(length: length)
     for b in 0..<batch {
         for h in 0..<heads {
             let queryOffset = b * length * queryWidth + h * headSize
             let keyOffset = b * length * keyWidth + (h / group) * headSize
-            let p = probabilities + (b * heads + h) * length * length
-            let dy = dOutput + queryOffset
-            // dP = dy vᵀ, [T, T]
-            BLAS.gemm(transposeA: false, transposeB: true, m: length, n: length, k: headSize,
-                      a: dy, lda: queryWidth, b: value + keyOffset, ldb: keyWidth, beta: 0, c: scratch, ldc: length)
-            // dv += Pᵀ dy, [T, d]
-            BLAS.gemm(transposeA: true, transposeB: false, m: length, n: headSize, k: length,
-                      a: p, lda: length, b: dy, ldb: queryWidth, beta: 1, c: dValue + keyOffset, ldc: keyWidth)
-            // dS = P ⊙ (dP − Σ_j P dP) on the causal part, in place of dP
-            for t in 0..<length {
-                let (pRow, dRow) = (p + t * length, scratch + t * length)
-                var dot: Float = 0
-                for j in 0...t { dot += pRow[j] * dRow[j] }
-                for j in 0...t { dRow[j] = pRow[j] * (dRow[j] - dot) }
-                for j in (t + 1)..<length { dRow[j] = 0 }
+            var p = probabilities + (b * heads + h) * packedSize
+            var r0 = 0
+            while r0 < length {
+                let rows = Swift.min(attentionBlockSize, length - r0)
+                let columns = r0 + rows
+                let dy = dOutput + queryOffset + r0 * queryWidth
+                // dP_i = dy_i v[0 ..< columns]ᵀ, [rows, columns]
+                BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
+                          a: dy, lda: queryWidth, b: value + keyOffset, ldb: keyWidth, beta: 0, c: scratch, ldc: columns)
+                // dv[0 ..< columns] += P_iᵀ dy_i
+                BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
+                          a: p, lda: columns, b: dy, ldb: queryWidth, beta: 1, c: dValue + keyOffset, ldc: keyWidth)
+                // dS = P ⊙ (dP − Σ_j P dP), in place of dP; P is zero above the diagonal, so dS is too.
+                softmaxBackwardBlock(scratch, p, count: rows * columns, rows: rows, columns: columns)
+                // dq_i = scale · dS_i k[0 ..< columns], dk[0 ..< columns] += scale · dS_iᵀ q_i
+                BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
+                          alpha: scale, a: scratch, lda: columns, b: key + keyOffset, ldb: keyWidth,
+                          beta: 0, c: dQuery + queryOffset + r0 * queryWidth, ldc: queryWidth)
+                BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
+                          alpha: scale, a: scratch, lda: columns, b: query + queryOffset + r0 * queryWidth, ldb: queryWidth,
+                          beta: 1, c: dKey + keyOffset, ldc: keyWidth)
+                p += rows * columns
+                r0 += rows
             }
-            // dq = scale · dS k, dk += scale · dSᵀ q
-            BLAS.gemm(transposeA: false, transposeB: false, m: length, n: headSize, k: length,
-                      alpha: scale, a: scratch, lda: length, b: key + keyOffset, ldb: keyWidth,
-                      beta: 0, c: dQuery + queryOffset, ldc: queryWidth)
-            BLAS.gemm(transposeA: true, transposeB: false, m: length, n: headSize, k: length,
-                      alpha: scale, a: scratch, lda: length, b: query + queryOffset, ldb: queryWidth,
-                      beta: 1, c: dKey + keyOffset, ldc: keyWidth)
         }
+    }
+}
+
+/// Row by row of a [rows, columns] block: dS = P ⊙ (dP − P·dP), written over dP.
+@inline(__always)
+func softmaxBackwardBlock(_ gradient: UnsafeMutablePointer<Float>, _ probabilities: UnsafePointer<Float>,
+                          count: Int, rows: Int, columns: Int) {
+    typealias V = FastMath.Vector
+    let full = columns & ~15
+    for t in 0..<rows {
+        let (pRow, dRow) = (probabilities + t * columns, gradient + t * columns)
+        var dots = V()
+        var j = 0
+        while j < full {
+            dots += FastMath.load(pRow + j) * FastMath.load(dRow + j)
+            j += 16
+        }
+        var dot = dots.sum()
+        for j in full..<columns { dot += pRow[j] * dRow[j] }
+        for j in 0..<columns { dRow[j] = pRow[j] * (dRow[j] - dot) }
     }
 }

@@ -39,7 +39,7 @@ public final class Embedding {
         if let bad = tokens.first(where: { $0 < 0 || Int($0) >= vocabularySize }) {
             throw TwoBPError("Embedding: token id \(bad) is outside the vocabulary of \(vocabularySize)")
         }
-        let output = Tensor(zeros: [batchSize, sequenceLength, size])
+        let output = Tensor(uninitialized: [batchSize, sequenceLength, size])  // every row copied
         tokens.withUnsafeBufferPointer { ids in
             for (row, id) in ids.enumerated() {
                 (output.pointer + row * size).update(from: weight.value.pointer + Int(id) * size, count: size)

@@ -32,7 +32,8 @@ public final class Linear: Layer {
     /// The forward computation alone, saving nothing (for inference).
     public func apply(_ input: Tensor) -> Tensor {
         precondition(input.columnCount == inputSize, "Linear(\(inputSize)→\(outputSize)) given \(input.shape)")
-        let output = Tensor(zeros: Array(input.shape.dropLast()) + [outputSize])
+        // Every element is written: by the bias rows, or by the GEMM with beta 0.
+        let output = Tensor(uninitialized: Array(input.shape.dropLast()) + [outputSize])
         if let bias {
             for row in 0..<output.rowCount {
                 (output.pointer + row * outputSize).update(from: bias.value.pointer, count: outputSize)
@@ -55,7 +56,7 @@ public final class Linear: Layer {
     /// dx = dy W into a fresh tensor, or dx += dy W into `accumulator`; stashes (x, dy) for p2.
     private func backwardInput(_ outputGradient: Tensor, microBatch: Int, into accumulator: Tensor?) throws -> Tensor {
         let input = try saved.take(microBatch)
-        let inputGradient = accumulator ?? Tensor(zeros: input.shape)
+        let inputGradient = accumulator ?? Tensor(uninitialized: input.shape)  // beta 0 when fresh
         BLAS.matmul(inputGradient, outputGradient, weight.value, accumulate: accumulator != nil)
         try pending.put((input, outputGradient), for: microBatch)
         return inputGradient

@@ -28,8 +28,8 @@ public final class RMSNorm: Layer {
 
     public func forward(_ input: Tensor, microBatch: Int) throws -> Tensor {
         let rows = try checkedRowCount(of: input, size: size, layer: "RMSNorm")
-        let output = Tensor(zeros: input.shape)
-        let rstd = Tensor(zeros: [rows])
+        let output = Tensor(uninitialized: input.shape)
+        let rstd = Tensor(uninitialized: [rows])
         rmsnormForward(output.pointer, rstd.pointer, input.pointer, weight.value.pointer, rows: rows, size: size, eps: eps)
         try saved.put((input, rstd), for: microBatch)
         return output
@@ -38,7 +38,7 @@ public final class RMSNorm: Layer {
     /// The forward computation alone, saving nothing (for inference).
     public func apply(_ input: Tensor) throws -> Tensor {
         let rows = try checkedRowCount(of: input, size: size, layer: "RMSNorm")
-        let output = Tensor(zeros: input.shape)
+        let output = Tensor(uninitialized: input.shape)
         rmsnormForward(output.pointer, nil, input.pointer, weight.value.pointer, rows: rows, size: size, eps: eps)
         return output
     }
@@ -46,7 +46,7 @@ public final class RMSNorm: Layer {
     public func backwardInput(_ outputGradient: Tensor, microBatch: Int) throws -> Tensor {
         let (input, rstd) = try saved.take(microBatch)
         precondition(outputGradient.count == input.count, "RMSNorm p1: dy \(outputGradient.shape) for x \(input.shape)")
-        let inputGradient = Tensor(zeros: input.shape)
+        let inputGradient = Tensor(uninitialized: input.shape)
         rmsnormBackwardInput(inputGradient.pointer, outputGradient.pointer, input.pointer, rstd.pointer, weight.value.pointer,
                              rows: input.rowCount, size: size)
         try pending.put((input, rstd, outputGradient), for: microBatch)

@@ -31,7 +31,7 @@ public final class SwiGLUMLP: Layer {
         _ = try checkedRowCount(of: input, size: hiddenSize, layer: "SwiGLUMLP")
         let gate = try gateProj.forward(input, microBatch: microBatch)
         let up = try upProj.forward(input, microBatch: microBatch)
-        let hidden = Tensor(zeros: gate.shape)
+        let hidden = Tensor(uninitialized: gate.shape)
         swigluForward(hidden.pointer, gate.pointer, up.pointer, count: gate.count)
         let output = try downProj.forward(hidden, microBatch: microBatch)
         try saved.put((gate, up), for: microBatch)
@@ -61,11 +61,17 @@ public final class SwiGLUMLP: Layer {
     }
 }
 
-/// h = silu(gate) ⊙ up (h may alias gate).
+/// h = silu(gate) ⊙ up (h may alias gate), 16 lanes at a time with `FastMath.exp`.
 func swigluForward(_ hidden: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-    for i in 0..<count {
-        let a = gate[i]
-        hidden[i] = a / (1 + Foundation.exp(-a)) * up[i]
+    typealias V = FastMath.Vector
+    var i = 0
+    while i < count {
+        let lanes = Swift.min(16, count - i)
+        let a = lanes == 16 ? FastMath.load(gate + i) : FastMath.loadPartial(gate + i, count: lanes, fill: 0)
+        let u = lanes == 16 ? FastMath.load(up + i) : FastMath.loadPartial(up + i, count: lanes, fill: 0)
+        let h = a / (1 + FastMath.exp(-a)) * u
+        if lanes == 16 { FastMath.store(h, hidden + i) } else { FastMath.storePartial(h, hidden + i, count: lanes) }
+        i += 16
     }
 }
 
@@ -74,10 +80,23 @@ func swigluBackward(
     dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
     _ dHidden: UnsafePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int
 ) {
-    for i in 0..<count {
-        let (a, u, dh) = (gate[i], up[i], dHidden[i])
-        let sigmoid = 1 / (1 + Foundation.exp(-a))
-        dGate[i] = dh * u * sigmoid * (1 + a * (1 - sigmoid))
-        dUp[i] = dh * a * sigmoid
+    typealias V = FastMath.Vector
+    var i = 0
+    while i < count {
+        let lanes = Swift.min(16, count - i)
+        let a = lanes == 16 ? FastMath.load(gate + i) : FastMath.loadPartial(gate + i, count: lanes, fill: 0)
+        let u = lanes == 16 ? FastMath.load(up + i) : FastMath.loadPartial(up + i, count: lanes, fill: 0)
+        let dh = lanes == 16 ? FastMath.load(dHidden + i) : FastMath.loadPartial(dHidden + i, count: lanes, fill: 0)
+        let sigmoid = 1 / (1 + FastMath.exp(-a))
+        let dg = dh * u * sigmoid * (1 + a * (1 - sigmoid))
+        let du = dh * a * sigmoid
+        if lanes == 16 {
+            FastMath.store(dg, dGate + i)
+            FastMath.store(du, dUp + i)
+        } else {
+            FastMath.storePartial(dg, dGate + i, count: lanes)
+            FastMath.storePartial(du, dUp + i, count: lanes)
+        }
+        i += 16
     }
 }

@@ -14,16 +14,35 @@ public final class Tensor: @unchecked Sendable {
 
     /// A zero-filled tensor charged to `MemoryMeter.current`.
     public init(zeros shape: [Int]) {
-        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
-        self.shape = shape
-        count = shape.reduce(1, *)
-        pointer = .allocate(capacity: Swift.max(count, 1))
-        pointer.initialize(repeating: 0, count: Swift.max(count, 1))
+        (self.shape, count, pointer, meter) = Tensor.allocateStorage(shape)
         base = nil
+        pointer.initialize(repeating: 0, count: Swift.max(count, 1))
+    }
+
+    /// A tensor whose contents are unspecified (whatever the allocator hands back), charged to
+    /// `MemoryMeter.current`. Only for buffers the next operation provably overwrites in full
+    /// (a GEMM with beta 0, an element-wise kernel writing every element): skipping the zero-fill
+    /// saves a pass over memory, which for the large activations is most of their cost.
+    public init(uninitialized shape: [Int]) {
+        (self.shape, count, pointer, meter) = Tensor.allocateStorage(shape)
+        base = nil
+    }
+
+    private static func allocateStorage(_ shape: [Int]) -> ([Int], Int, UnsafeMutablePointer<Float>, MemoryMeter) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        _ = Tensor.allocatorTuned
+        let count = shape.reduce(1, *)
+        let pointer = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(count, 1))
         let meter = MemoryMeter.current
         meter.charge(count * MemoryLayout<Float>.stride)
-        self.meter = meter
+        return (shape, count, pointer, meter)
     }
+
+    /// Done once, before the first tensor: glibc serves blocks above its mmap threshold (128 KiB,
+    /// growing dynamically) with fresh mmaps, so every large activation paid page faults and
+    /// kernel zeroing on each allocation and munmap on each free. Raising the threshold to its
+    /// maximum and the trim threshold with it keeps freed activations in the heap for reuse.
+    private static let allocatorTuned: Void = tuneAllocator()
 
     public convenience init(shape: [Int], values: [Float]) {
         self.init(zeros: shape)
@@ -77,7 +96,7 @@ public final class Tensor: @unchecked Sendable {
 
     /// A fresh tensor with the same shape and values.
     public func copy() -> Tensor {
-        let result = Tensor(zeros: shape)
+        let result = Tensor(uninitialized: shape)
         result.pointer.update(from: pointer, count: count)
         return result
     }
@@ -89,7 +108,8 @@ public final class Tensor: @unchecked Sendable {
     /// `self += other`, element by element.
     public func add(_ other: Tensor) {
         precondition(other.count == count, "add: \(other.shape) to \(shape)")
-        for i in 0..<count { pointer[i] += other.pointer[i] }
+        let (target, source) = (pointer, other.pointer)
+        for i in 0..<count { target[i] += source[i] }
     }
 
     /// Stacks tensors along the leading dimension into one new tensor.
@@ -97,7 +117,7 @@ public final class Tensor: @unchecked Sendable {
         precondition(!parts.isEmpty, "concatenateRows needs at least one tensor")
         let tail = Array(parts[0].shape.dropFirst())
         precondition(parts.allSatisfy { Array($0.shape.dropFirst()) == tail }, "concatenateRows: mismatched shapes")
-        let result = Tensor(zeros: [parts.reduce(0) { $0 + $1.shape[0] }] + tail)
+        let result = Tensor(uninitialized: [parts.reduce(0) { $0 + $1.shape[0] }] + tail)
         var offset = 0
         for part in parts {
             (result.pointer + offset).update(from: part.pointer, count: part.count)
