@@ -60,8 +60,11 @@ public enum StepBenchmark {
         var total = 0.0
         let profile = GEMMProfile.shared
         for step in 0...steps {
-            profile.reset()
-            profile.isEnabled = step > 0
+            // Step 0 warms up; GEMMs are counted over the measured steps together.
+            if step == 1 {
+                profile.reset()
+                profile.isEnabled = true
+            }
             let start = DispatchTime.now().uptimeNanoseconds
             let result = try worker.computeGradients(batch, clockOrigin: start)
             let optimizerStart = DispatchTime.now().uptimeNanoseconds

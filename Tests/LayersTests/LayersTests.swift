@@ -172,6 +172,23 @@ final class LayersTests: XCTestCase {
         }
     }
 
+    /// Sequences longer than one query block of the causal kernel (64 rows), with a partial last block.
+    func testCausalSelfAttentionAcrossSeveralQueryBlocks() throws {
+        var generator = makeGenerator(14)
+        for (length, heads, keyValueHeads) in [(150, 2, 1), (129, 2, 2)] {
+            let (batch, headSize) = (1, 2)
+            let hidden = heads * headSize
+            let rotary = RotaryEmbedding(headSize: headSize, maxPositions: length, theta: 10000)
+            let layer = CausalSelfAttention(hiddenSize: hidden, headCount: heads, keyValueHeadCount: keyValueHeads, rotary: rotary)
+            var weights = makeGenerator(UInt64(300 + length))
+            randomize(layer.parameters, std: 0.6, &weights)
+            let shape = ReferenceShape(batch: batch, length: length, hidden: hidden, heads: heads, keyValueHeads: keyValueHeads, theta: 10000)
+            try checkLayerGradients("Attention over \(length) positions, \(heads) heads, \(keyValueHeads) kv", layer,
+                                    input: randomTensor([batch, length, hidden], &generator), apply: layer.apply,
+                                    reference: { x, w in Reference.attention(x, shape, w) }, &generator)
+        }
+    }
+
     func testAttentionParameterNamesAndLimits() throws {
         let rotary = RotaryEmbedding(headSize: 4, maxPositions: 3)
         let attention = CausalSelfAttention(hiddenSize: 8, headCount: 2, rotary: rotary)
