@@ -15,7 +15,8 @@ public enum RankLauncher {
     ///
     /// With `.threads`, `ranks` threads of this process. With `.mpi`, this process is one
     /// rank of an `mpirun` job whose size must equal `ranks`; an error on any rank aborts
-    /// the whole job with that rank named, so no rank waits forever.
+    /// the whole job with that rank named, so no rank waits forever. MPI stays initialised
+    /// for further runs; `finishMPI()` ends it before the process exits.
     public static func run<T>(_ kind: TransportKind, ranks: Int, receiveTimeout: Double = 300,
                               _ body: @escaping (Transport) throws -> T?) throws -> T? {
         switch kind {
@@ -38,8 +39,13 @@ public enum RankLauncher {
                 environment.abort("\(error)")
             }
             try transport.close()
-            try environment.finalize()
             return result
         }
+    }
+
+    /// Finalises MPI if this process initialised it (every rank must call it, once, at the end).
+    public static func finishMPI() throws {
+        guard let environment = MPIEnvironment.current, !environment.isFinalized else { return }
+        try environment.finalize()
     }
 }

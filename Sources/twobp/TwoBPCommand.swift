@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Pipeline
 import Schedules
 import Tensor
 
@@ -21,6 +22,7 @@ struct TwoBPCommand: ParsableCommand {
         do {
             var command = try parseAsRoot()
             try command.run()
+            try RankLauncher.finishMPI()
         } catch let error as TwoBPError {
             fail(error.message)
         } catch let error as ScheduleError {
