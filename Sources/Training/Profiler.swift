@@ -10,9 +10,10 @@ import Tensor
 /// one micro-batch and of p2 concatenated over k micro-batches (`W*`), and the
 /// bytes the stage's `MemoryMeter` sees kept alive between them.
 ///
-/// Each stage is built alone (its own chunk and meter, on the calling thread)
-/// and fed random activations and gradients of the right shape, so no
-/// pipeline runs; call with one BLAS thread to match a pipeline stage.
+/// Each stage is built on its own (its own chunk and meter) and fed random
+/// activations and gradients of the right shape, so no pipeline runs; but the
+/// ranks measure at the same time, one thread each, as the pipeline's stages
+/// compute at the same time. Call with one BLAS thread to match a pipeline stage.
 public enum Profiler {
     public struct Settings: Sendable {
         public var model: LlamaConfig
@@ -95,9 +96,16 @@ public enum Profiler {
         var counts = [1]
         while counts.last! * 2 <= microBatches { counts.append(counts.last! * 2) }
         if counts.last! != microBatches { counts.append(microBatches) }
-        let profiles = try plan.unitRanges.enumerated().map { stage, units in
-            try profileStage(stage, units: units, settings: settings, microBatch: microBatch, counts: counts)
+        // Each rank's thread measures its own stages while the other ranks measure theirs, so the
+        // costs include what concurrent stages do to each other (shared caches and memory bandwidth).
+        let schedule = plan.schedule
+        let perRank = try RankThreads.run(transports: ThreadTransport.group(ranks: schedule.ranks)) { transport in
+            try (0..<schedule.chunksPerRank).map { chunk in
+                let stage = schedule.stage(rank: transport.rank, chunk: chunk)
+                return try profileStage(stage, units: plan.unitRanges[stage], settings: settings, microBatch: microBatch, counts: counts)
+            }
         }
+        let profiles = perRank.flatMap { $0 }.sorted { $0.stage < $1.stage }
         let stageCosts = profiles.map { profile in
             StageCost(forward: profile.forward, backwardInput: profile.backwardInput, backwardWeight: profile.backwardWeight,
                       concatenatedBackwardWeight: denseTable(profile.concatenated, upTo: microBatches),

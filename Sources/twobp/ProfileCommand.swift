@@ -12,7 +12,8 @@ struct ProfileCommand: ParsableCommand {
         abstract: "Measure F, p1, p2 and W* times and memory per stage; write a cost model JSON.",
         discussion: """
             Builds each virtual stage of the balanced partition --schedule would run on --stages ranks, \
-            alone, with one BLAS thread (as one pipeline stage runs), and times forward, p1 and p2 of one \
+            one thread per rank measuring at the same time, with one BLAS thread each (as the pipeline's \
+            stages run), and times forward, p1 and p2 of one \
             micro-batch (--batch-size / M sequences) and p2 concatenated over k = 1, 2, 4, ..., M micro-batches \
             (W*); the median of --repeats runs after a warm-up. Memory from the stage's MemoryMeter: \
             activation bytes kept from F to p1, stash bytes kept from p1 to p2, static = 4 × parameters × 4 B \
