@@ -1,3 +1,5 @@
+import Foundation
+
 /// A small, fast, seedable generator (SplitMix64) so that every run with the same seed
 /// initialises and samples identically on every platform and transport.
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
@@ -24,7 +26,7 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
     public mutating func nextNormal() -> Double {
         let u1 = Swift.max(nextUniform(), .leastNonzeroMagnitude)
         let u2 = nextUniform()
-        return (-2 * _log(u1)).squareRoot() * _cos(2 * .pi * u2)
+        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
     }
 }
 
