@@ -18,6 +18,8 @@ public struct TrainingOutcome {
     public var stepTimeSeconds: Double
     /// Per rank: mean idle time over step time, first step excluded when there are others.
     public var bubbleRatio: [Double]
+    /// Per rank: mean seconds of computation per step, first step excluded when there are others.
+    public var busySeconds: [Double]
     /// Per rank: the most bytes its meter saw alive (weights, gradients, moments, activations, p2 stash).
     public var peakBytes: [Int]
     /// The last step's measured timeline.
@@ -81,6 +83,7 @@ public final class Trainer {
         var validationLoss = state.validationHistory.last?.loss
         var stepTimes: [Double] = []
         var idleRatios: [[Double]] = []
+        var busyTimes: [[Double]] = []
         var lastEvents: [TimelineEvent] = []
 
         for step in firstStep..<settings.steps {
@@ -95,6 +98,7 @@ public final class Trainer {
             let stepTime = Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9
 
             idleRatios.append(reduced.idleRatios)
+            busyTimes.append(reduced.busy)
             stepTimes.append(stepTime)
             lastEvents = result.events
             state.step = step + 1
@@ -130,6 +134,10 @@ public final class Trainer {
         let events = try timelines.flatMap { try JSONDecoder().decode([TimelineEvent].self, from: Data($0)) }
         let measured = stepTimes.count > 1 ? Array(stepTimes.dropFirst()) : stepTimes
         let measuredIdle = idleRatios.count > 1 ? Array(idleRatios.dropFirst()) : idleRatios
+        let measuredBusy = busyTimes.count > 1 ? Array(busyTimes.dropFirst()) : busyTimes
+        func perRankMean(_ rows: [[Double]]) -> [Double] {
+            (0..<ranks).map { rank in rows.isEmpty ? 0 : rows.map { $0[rank] }.reduce(0, +) / Double(rows.count) }
+        }
         let peakBytes = peaks.map { Int($0) }
         let totalTime = stepTimes.reduce(0, +)
         return TrainingOutcome(
@@ -138,9 +146,8 @@ public final class Trainer {
             validationHistory: state.validationHistory,
             tokensPerSecond: totalTime > 0 ? Double(tokensPerStep * stepTimes.count) / totalTime : 0,
             stepTimeSeconds: measured.isEmpty ? 0 : measured.reduce(0, +) / Double(measured.count),
-            bubbleRatio: (0..<ranks).map { rank in
-                measuredIdle.isEmpty ? 0 : measuredIdle.map { $0[rank] }.reduce(0, +) / Double(measuredIdle.count)
-            },
+            bubbleRatio: perRankMean(measuredIdle),
+            busySeconds: perRankMean(measuredBusy),
             peakBytes: peakBytes,
             lastStepTimeline: Timeline(ranks: ranks, events: events, peakMemory: peakBytes))
     }

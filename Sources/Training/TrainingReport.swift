@@ -15,6 +15,7 @@ public struct TrainingReport {
         let ranks = outcome.peakBytes.indices.map { rank -> JSONValue in
             .object([(key: "rank", value: .int(rank)),
                      (key: "peak_bytes", value: .int(outcome.peakBytes[rank])),
+                     (key: "busy_seconds", value: .double(outcome.busySeconds[rank])),
                      (key: "bubble_ratio", value: .double(outcome.bubbleRatio[rank]))])
         }
         return .object([
