@@ -20,7 +20,9 @@ public struct TrainingReport {
         }
         return .object([
             (key: "model", value: .string(settings.modelName)),
-            (key: "schedule", value: .string(settings.pipeline.description)),
+            (key: "schedule", value: .string(settings.pipeline.kind.rawValue + (settings.pipeline.twoBP ? "+2bp" : ""))),
+            (key: "stages", value: .int(settings.pipeline.ranks)),
+            (key: "micro_batches", value: (try? settings.pipeline.resolved().microBatches).map(JSONValue.int) ?? .null),
             (key: "steps", value: .int(outcome.losses.count)),
             (key: "tokens_per_second", value: .double(outcome.tokensPerSecond)),
             (key: "final_loss", value: outcome.losses.last.map(JSONValue.double) ?? .null),
