@@ -1,0 +1,28 @@
+"""Loads a TwoBP checkpoint with Hugging Face transformers' LlamaForCausalLM and
+computes the loss `twobp eval` reports, for comparing the two.
+
+    python3 scripts/check-transformers.py STEP_FOLDER DATA SEQ_LEN WINDOWS
+
+Needs torch and transformers (not needed by the build or the tests):
+    python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch transformers
+Prints the mean cross-entropy in nats per byte over the first WINDOWS windows of
+SEQ_LEN + 1 bytes of DATA, as `twobp eval --seq-len SEQ_LEN --max-windows WINDOWS` does.
+"""
+import json
+import sys
+
+import torch
+from transformers import LlamaForCausalLM
+
+folder, data, length, windows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+raw = open(data, "rb").read()[: windows * (length + 1)]
+tokens = torch.tensor(list(raw), dtype=torch.long).view(windows, length + 1)
+total = 0.0
+with torch.no_grad():
+    for batch in tokens.split(8):
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), batch[:, 1:].reshape(-1), reduction="sum")
+        total += loss.item()
+print(json.dumps({"loss": total / (windows * length), "windows": windows, "sequence_length": length,
+                  "transformers": __import__("transformers").__version__, "torch": torch.__version__}))
