@@ -63,14 +63,13 @@ public final class SwiGLUMLP: Layer {
 
 /// h = silu(gate) ⊙ up (h may alias gate), 16 lanes at a time with `FastMath.exp`.
 func swigluForward(_ hidden: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-    typealias V = FastMath.Vector
     var i = 0
     while i < count {
         let lanes = Swift.min(16, count - i)
-        let a = lanes == 16 ? FastMath.load(gate + i) : FastMath.loadPartial(gate + i, count: lanes, fill: 0)
-        let u = lanes == 16 ? FastMath.load(up + i) : FastMath.loadPartial(up + i, count: lanes, fill: 0)
+        let a = FastMath.load(gate + i, count: lanes)
+        let u = FastMath.load(up + i, count: lanes)
         let h = a / (1 + FastMath.exp(-a)) * u
-        if lanes == 16 { FastMath.store(h, hidden + i) } else { FastMath.storePartial(h, hidden + i, count: lanes) }
+        FastMath.store(h, hidden + i, count: lanes)
         i += 16
     }
 }
@@ -80,23 +79,17 @@ func swigluBackward(
     dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
     _ dHidden: UnsafePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int
 ) {
-    typealias V = FastMath.Vector
     var i = 0
     while i < count {
         let lanes = Swift.min(16, count - i)
-        let a = lanes == 16 ? FastMath.load(gate + i) : FastMath.loadPartial(gate + i, count: lanes, fill: 0)
-        let u = lanes == 16 ? FastMath.load(up + i) : FastMath.loadPartial(up + i, count: lanes, fill: 0)
-        let dh = lanes == 16 ? FastMath.load(dHidden + i) : FastMath.loadPartial(dHidden + i, count: lanes, fill: 0)
+        let a = FastMath.load(gate + i, count: lanes)
+        let u = FastMath.load(up + i, count: lanes)
+        let dh = FastMath.load(dHidden + i, count: lanes)
         let sigmoid = 1 / (1 + FastMath.exp(-a))
         let dg = dh * u * sigmoid * (1 + a * (1 - sigmoid))
         let du = dh * a * sigmoid
-        if lanes == 16 {
-            FastMath.store(dg, dGate + i)
-            FastMath.store(du, dUp + i)
-        } else {
-            FastMath.storePartial(dg, dGate + i, count: lanes)
-            FastMath.storePartial(du, dUp + i, count: lanes)
-        }
+        FastMath.store(dg, dGate + i, count: lanes)
+        FastMath.store(du, dUp + i, count: lanes)
         i += 16
     }
 }

@@ -5,7 +5,7 @@ import Foundation
 ///
 /// One place for these so an SVG, a Chrome trace and a terminal picture of the
 /// same timeline agree with each other and with the legend.
-enum RenderStyle {
+public enum RenderStyle {
     /// Fill colour of an action: four well-separated hues (blue, amber, green,
     /// purple) so a lighter later chunk of one kind is not mistaken for another
     /// kind; `W*` darker than a single `W`, so the concatenated p2 at the end of
@@ -66,7 +66,7 @@ enum RenderStyle {
     }
 
     /// Bytes in the largest binary unit that keeps the number at least 1.
-    static func bytes(_ count: Int) -> String {
+    public static func bytes(_ count: Int) -> String {
         let units = ["B", "KiB", "MiB", "GiB", "TiB"]
         var value = Double(count), index = 0
         while abs(value) >= 1024, index < units.count - 1 {

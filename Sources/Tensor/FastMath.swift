@@ -64,4 +64,17 @@ public enum FastMath {
     public static func storePartial(_ value: Vector, _ pointer: UnsafeMutablePointer<Float>, count: Int) {
         for i in 0..<count { pointer[i] = value[i] }
     }
+
+    /// `count` (at most 16) floats at `pointer`, the other lanes `fill`: full vectors
+    /// in a row's body and its shorter last stretch alike.
+    @inlinable @inline(__always)
+    public static func load(_ pointer: UnsafePointer<Float>, count: Int, fill: Float = 0) -> Vector {
+        count == Vector.scalarCount ? load(pointer) : loadPartial(pointer, count: count, fill: fill)
+    }
+
+    /// The first `count` (at most 16) lanes of `value` to `pointer`.
+    @inlinable @inline(__always)
+    public static func store(_ value: Vector, _ pointer: UnsafeMutablePointer<Float>, count: Int) {
+        if count == Vector.scalarCount { store(value, pointer) } else { storePartial(value, pointer, count: count) }
+    }
 }

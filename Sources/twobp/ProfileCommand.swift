@@ -83,8 +83,8 @@ struct ProfileCommand: ParsableCommand {
                 print(String(format: "  stage %d (units %d..<%d, %d params): F %.2f ms, p1 %.2f ms, p2 %.2f ms; W* ms: %@",
                              stage.stage, stage.firstUnit, stage.endUnit, stage.parameters,
                              stage.forward * 1e3, stage.backwardInput * 1e3, stage.backwardWeight * 1e3, table as NSString))
-                print("      activations \(ScheduleCommand.bytes(stage.activationBytes)), stash \(ScheduleCommand.bytes(stage.stashBytes)), "
-                    + "static \(ScheduleCommand.bytes(stage.staticBytes)), message \(ScheduleCommand.bytes(result.costs.messageBytes))")
+                print("      activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)), "
+                    + "static \(RenderStyle.bytes(stage.staticBytes)), message \(RenderStyle.bytes(result.costs.messageBytes))")
             }
             if let json {
                 try result.jsonData().write(to: URL(fileURLWithPath: json))
@@ -113,8 +113,8 @@ struct ProfileCommand: ParsableCommand {
                 + "error \(String(format: "%+.1f", 100 * result.inRunRelativeError))%")
             print("    bubble measured " + result.measuredBubbleRatio.map { String(format: "%.1f%%", 100 * $0) }.joined(separator: " ")
                 + ", simulated " + result.simulatedBubbleRatio.map { String(format: "%.1f%%", 100 * $0) }.joined(separator: " "))
-            print("    peak measured " + result.measuredPeakMemory.map(ScheduleCommand.bytes).joined(separator: " / ")
-                + ", simulated " + result.simulatedPeakMemory.map(ScheduleCommand.bytes).joined(separator: " / "))
+            print("    peak measured " + result.measuredPeakMemory.map(RenderStyle.bytes).joined(separator: " / ")
+                + ", simulated " + result.simulatedPeakMemory.map(RenderStyle.bytes).joined(separator: " / "))
             panels.append(TimelinePanel(label: "\(result.schedule) measured", timeline: result.measured))
             panels.append(TimelinePanel(label: "\(result.schedule) simulated from the profile", timeline: result.simulated))
         }

@@ -117,20 +117,10 @@ struct ScheduleCommand: ParsableCommand {
             let peak = timeline.peakMemory?[rank] ?? 0
             let over = memoryLimit.map { peak > $0 ? "  OVER LIMIT" : "" } ?? ""
             print(String(format: "  rank %d: bubble %5.1f%%, peak memory %@%@", rank, 100 * timeline.bubbleRatio(rank: rank),
-                         Self.bytes(peak) as NSString, over as NSString))
+                         RenderStyle.bytes(peak) as NSString, over as NSString))
         }
         print("")
         print(TimelineText.render(timeline, title: title(schedule)))
-    }
-
-    static func bytes(_ count: Int) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var value = Double(count), index = 0
-        while abs(value) >= 1024, index < units.count - 1 {
-            value /= 1024
-            index += 1
-        }
-        return index == 0 ? "\(count) B" : String(format: "%.1f %@", value, units[index])
     }
 
     /// naive, GPipe, 1F1B-1, 1F1B-2, each without and with 2BP, on one time axis.
