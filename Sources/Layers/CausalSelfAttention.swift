@@ -86,14 +86,12 @@ public final class CausalSelfAttention: Layer {
         let queryGradient = Tensor(uninitialized: state.query.shape)  // dq GEMMs use beta 0
         let keyGradient = Tensor(zeros: state.key.shape)
         let valueGradient = Tensor(zeros: state.value.shape)
-        let workers = Swift.min(batch, BLAS.threads)
-        let scratch = Tensor(uninitialized: [workers * Swift.min(attentionBlockSize, length) * length])
+        let scratch = Tensor(uninitialized: [Swift.min(attentionBlockSize, length) * length])
         attentionBackward(
             dQuery: queryGradient.pointer, dKey: keyGradient.pointer, dValue: valueGradient.pointer, scratch: scratch.pointer,
             dOutput: attendedGradient.pointer, query: state.query.pointer, key: state.key.pointer, value: state.value.pointer,
             probabilities: state.probabilities.pointer,
-            batch: batch, length: length, heads: headCount, keyValueHeads: keyValueHeadCount, headSize: headSize,
-            workers: workers)
+            batch: batch, length: length, heads: headCount, keyValueHeads: keyValueHeadCount, headSize: headSize)
         rotary.rotate(queryGradient, heads: headCount, inverse: true)
         rotary.rotate(keyGradient, heads: keyValueHeadCount, inverse: true)
         let inputGradient = try qProj.backwardInput(queryGradient, microBatch: microBatch)
@@ -161,11 +159,7 @@ func attentionForward(
     let (queryWidth, keyWidth) = (heads * headSize, keyValueHeads * headSize)
     let group = heads / keyValueHeads
     let scale = 1 / Float(headSize).squareRoot()
-    // Sequences write disjoint rows of y and their own probabilities, so they may run at once
-    // (when the probabilities have a slot per head: stride 0 means one shared scratch).
-    let workers = probabilityStride == 0 ? 1 : Swift.min(batch, BLAS.threads)
-    BLAS.concurrently(workers: workers) { worker in
-    for b in stride(from: worker, to: batch, by: workers) {
+    for b in 0..<batch {
         for h in 0..<heads {
             let q = query + b * length * queryWidth + h * headSize
             let k = key + b * length * keyWidth + (h / group) * headSize
@@ -189,7 +183,6 @@ func attentionForward(
                 r0 += rows
             }
         }
-    }
     }
 }
 
@@ -234,23 +227,18 @@ func causalSoftmaxBlock(_ scores: UnsafeMutablePointer<Float>, rows: Int, column
 
 /// Backward of `attentionForward` from dy [B, T, H·d]: writes dq (post-RoPE) and adds into dk, dv,
 /// which must start zeroed (query heads sharing a key/value head add to the same columns).
-/// Sequences are spread over `workers` that may run at once; `scratch` holds one row block per
-/// worker, min(attentionBlockSize, T) · T floats each: dP, then dS in place.
+/// `scratch` holds one row block, at least attentionBlockSize · T floats: dP, then dS in place.
 func attentionBackward(
     dQuery: UnsafeMutablePointer<Float>, dKey: UnsafeMutablePointer<Float>, dValue: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>, dOutput: UnsafePointer<Float>,
     query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
-    batch: Int, length: Int, heads: Int, keyValueHeads: Int, headSize: Int, workers: Int
+    batch: Int, length: Int, heads: Int, keyValueHeads: Int, headSize: Int
 ) {
     let (queryWidth, keyWidth) = (heads * headSize, keyValueHeads * headSize)
     let group = heads / keyValueHeads
     let scale = 1 / Float(headSize).squareRoot()
     let packedSize = causalPackedSize(length: length)
-    // Sequences touch disjoint rows of dq, dk and dv; each worker has its own block of scratch.
-    let scratchSize = Swift.min(attentionBlockSize, length) * length
-    BLAS.concurrently(workers: workers) { worker in
-    let scratch = scratch + worker * scratchSize
-    for b in stride(from: worker, to: batch, by: workers) {
+    for b in 0..<batch {
         for h in 0..<heads {
             let queryOffset = b * length * queryWidth + h * headSize
             let keyOffset = b * length * keyWidth + (h / group) * headSize
@@ -279,7 +267,6 @@ func attentionBackward(
                 r0 += rows
             }
         }
-    }
     }
 }
 

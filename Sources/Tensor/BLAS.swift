@@ -1,5 +1,4 @@
 import CBLAS
-import Foundation
 
 /// Matrix products through Debian's OpenBLAS, row-major, with transpose flags instead of copies.
 public enum BLAS {
@@ -7,29 +6,6 @@ public enum BLAS {
     public static func setThreads(_ count: Int) {
         openblas_set_num_threads(Int32(count))
     }
-
-    /// OpenBLAS threads a GEMM may use now.
-    public static var threads: Int { Int(openblas_get_num_threads()) }
-
-    /// Runs `body(worker)` for workers 0 ..< `workers` on that many threads at once, each
-    /// GEMM single-threaded meanwhile: for many small independent products (attention heads),
-    /// which one threaded GEMM at a time leaves mostly serial. When another thread of the
-    /// process is already doing this, or there is one worker, runs them one after another
-    /// on the calling thread, with OpenBLAS's threads as they are.
-    public static func concurrently(workers: Int, _ body: (Int) -> Void) {
-        guard workers > 1, concurrentSection.try() else {
-            for worker in 0..<workers { body(worker) }
-            return
-        }
-        defer { concurrentSection.unlock() }
-        let previous = threads
-        setThreads(1)
-        defer { setThreads(previous) }
-        DispatchQueue.concurrentPerform(iterations: workers, execute: body)
-    }
-
-    /// Held while `concurrently` has OpenBLAS switched to one thread.
-    private static let concurrentSection = NSLock()
 
     /// The kernel OpenBLAS picked for this CPU (honours OPENBLAS_CORETYPE), for benchmark reports.
     public static var coreName: String {

@@ -189,26 +189,6 @@ final class LayersTests: XCTestCase {
         }
     }
 
-    /// With several BLAS threads, attention runs its sequences concurrently; the results must be
-    /// bit for bit those of the serial path (each sequence's arithmetic is the same).
-    func testAttentionIsBitIdenticalSeriallyAndConcurrently() throws {
-        let previous = BLAS.threads
-        defer { BLAS.setThreads(previous) }
-        func run(threads: Int) throws -> [[Float]] {
-            BLAS.setThreads(threads)
-            let rotary = RotaryEmbedding(headSize: 4, maxPositions: 80, theta: 10000)
-            let layer = CausalSelfAttention(hiddenSize: 8, headCount: 2, keyValueHeadCount: 1, rotary: rotary)
-            var generator = makeGenerator(77)
-            randomize(layer.parameters, std: 0.5, &generator)
-            let input = randomTensor([5, 70, 8], &generator)
-            let output = try layer.forward(input, microBatch: 0)
-            let inputGradient = try layer.backwardInput(randomTensor([5, 70, 8], &generator), microBatch: 0)
-            try layer.backwardWeight(.microBatch(0))
-            return [output.toArray(), inputGradient.toArray()] + layer.parameters.map { $0.gradient.toArray() }
-        }
-        XCTAssertEqual(try run(threads: 1), try run(threads: 2))
-    }
-
     func testAttentionParameterNamesAndLimits() throws {
         let rotary = RotaryEmbedding(headSize: 4, maxPositions: 3)
         let attention = CausalSelfAttention(hiddenSize: 8, headCount: 2, rotary: rotary)
