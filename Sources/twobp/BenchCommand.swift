@@ -112,9 +112,7 @@ struct PipelineBenchCommand: ParsableCommand {
 
     func run() throws {
         let (config, sequenceLength) = try modelOptions.resolve()
-        let kinds = try schedules.split(separator: ",").map { name in
-            do { return try ScheduleKind(name: String(name)) } catch let error as ScheduleError { throw TwoBPError(error.message) }
-        }
+        let kinds = try schedules.split(separator: ",").map { try ScheduleKind(name: String($0)) }
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
             batchSize: batchSize, sequenceLength: sequenceLength, learningRate: 1e-3, warmupSteps: 0,

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import Pipeline
 import Schedules
-import Tensor
 
 /// Options shared by every command that runs or describes a pipeline.
 struct PipelineOptions: ParsableArguments {
@@ -34,12 +33,8 @@ struct PipelineOptions: ParsableArguments {
 extension PipelineOptions {
     /// The schedule request these options describe (checked in full when the plan is built).
     func request() throws -> ScheduleRequest {
-        do {
-            return ScheduleRequest(kind: try ScheduleKind(name: schedule), ranks: stages, microBatches: microBatches,
-                                   twoBP: twoBP, chunksPerRank: chunks)
-        } catch let error as ScheduleError {
-            throw TwoBPError(error.message)
-        }
+        ScheduleRequest(kind: try ScheduleKind(name: schedule), ranks: stages, microBatches: microBatches,
+                        twoBP: twoBP, chunksPerRank: chunks)
     }
 }
 

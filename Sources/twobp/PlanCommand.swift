@@ -63,54 +63,50 @@ struct PlanCommand: ParsableCommand {
     var json: String?
 
     func run() throws {
-        do {
-            try PlanInputs.checkStages(stages)
-            guard microBatchSize >= 1 else { throw TwoBPError("--micro-batch-size must be at least 1, got \(microBatchSize)") }
-            if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
-            guard activationBytes >= 1, bytesPerParameter >= 0 else {
-                throw TwoBPError("--activation-bytes must be at least 1 and --bytes-per-parameter at least 0")
-            }
-            if let bandwidth, !(bandwidth > 0) { throw TwoBPError("--bandwidth must be positive, got \(bandwidth)") }
-            let (config, sequenceLength) = try modelOptions.resolve()
-            let limit = try memoryLimit.map(PlanInputs.bytes)
-            let settings = PlanRanking.Settings(ranks: stages, microBatches: microBatches, microBatchSize: microBatchSize,
-                                                sequenceLength: sequenceLength, memoryLimit: limit)
-            let report: PlanReport
-            if let costs {
-                let model = try PlanInputs.costModel(costs)
-                print("model \(modelOptions.model), \(stages) stages, costs from \(costs) (micro-batch as profiled; --micro-batch-size only labels throughput)")
-                report = try PlanRanking.rank(settings) { virtualStages, scale in
-                    guard model.stages.count == 1 || model.stages.count == virtualStages else {
-                        throw TwoBPError("the cost file has \(model.stages.count) stages, this schedule needs \(virtualStages) (profile with --chunks to cover it)")
-                    }
-                    return scale == 1 ? model : model.scaled(time: Double(scale), memory: Double(scale))
-                }
-            } else {
-                let rate: Double
-                if let flopsRate {
-                    guard flopsRate > 0, flopsRate.isFinite else { throw TwoBPError("--flops-rate must be positive, got \(flopsRate)") }
-                    rate = flopsRate
-                    print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (given)", modelOptions.model, stages, rate))
-                } else {
-                    BLAS.setThreads(1)
-                    rate = StepBenchmark.sgemmRate() * 1e9
-                    print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (sgemm 1024³ here, 1 thread, OpenBLAS %@)",
-                                 modelOptions.model, stages, rate, BLAS.coreName))
-                }
-                let analytic = AnalyticCostSettings(flopsRate: rate, bandwidth: bandwidth, latency: latency, microBatchSize: microBatchSize,
-                                                    sequenceLength: sequenceLength, activationElementBytes: activationBytes,
-                                                    staticBytesPerParameter: bytesPerParameter, concatenationEfficiency: efficiency)
-                print("sequence length \(sequenceLength), micro-batch \(microBatchSize), \(activationBytes)-byte activations, \(bytesPerParameter) bytes/parameter, "
-                    + (bandwidth.map { String(format: "link %.3g B/s", $0) } ?? "free communication")
-                    + ", W* efficiency \(efficiency)")
-                report = try PlanRanking.rank(settings) { virtualStages, scale in
-                    try AnalyticCosts.costModel(config, settings: analytic, virtualStages: virtualStages, scale: scale)
-                }
-            }
-            print(report.table)
-            try writeJSON(report, to: json)
-        } catch let error as ScheduleError {
-            throw TwoBPError(error.message)
+        try PlanInputs.checkStages(stages)
+        guard microBatchSize >= 1 else { throw TwoBPError("--micro-batch-size must be at least 1, got \(microBatchSize)") }
+        if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
+        guard activationBytes >= 1, bytesPerParameter >= 0 else {
+            throw TwoBPError("--activation-bytes must be at least 1 and --bytes-per-parameter at least 0")
         }
+        if let bandwidth, !(bandwidth > 0) { throw TwoBPError("--bandwidth must be positive, got \(bandwidth)") }
+        let (config, sequenceLength) = try modelOptions.resolve()
+        let limit = try memoryLimit.map(PlanInputs.bytes)
+        let settings = PlanRanking.Settings(ranks: stages, microBatches: microBatches, microBatchSize: microBatchSize,
+                                            sequenceLength: sequenceLength, memoryLimit: limit)
+        let report: PlanReport
+        if let costs {
+            let model = try PlanInputs.costModel(costs)
+            print("model \(modelOptions.model), \(stages) stages, costs from \(costs) (micro-batch as profiled; --micro-batch-size only labels throughput)")
+            report = try PlanRanking.rank(settings) { virtualStages, scale in
+                guard model.stages.count == 1 || model.stages.count == virtualStages else {
+                    throw TwoBPError("the cost file has \(model.stages.count) stages, this schedule needs \(virtualStages) (profile with --chunks to cover it)")
+                }
+                return scale == 1 ? model : model.scaled(time: Double(scale), memory: Double(scale))
+            }
+        } else {
+            let rate: Double
+            if let flopsRate {
+                guard flopsRate > 0, flopsRate.isFinite else { throw TwoBPError("--flops-rate must be positive, got \(flopsRate)") }
+                rate = flopsRate
+                print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (given)", modelOptions.model, stages, rate))
+            } else {
+                BLAS.setThreads(1)
+                rate = StepBenchmark.sgemmRate() * 1e9
+                print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (sgemm 1024³ here, 1 thread, OpenBLAS %@)",
+                             modelOptions.model, stages, rate, BLAS.coreName))
+            }
+            let analytic = AnalyticCostSettings(flopsRate: rate, bandwidth: bandwidth, latency: latency, microBatchSize: microBatchSize,
+                                                sequenceLength: sequenceLength, activationElementBytes: activationBytes,
+                                                staticBytesPerParameter: bytesPerParameter, concatenationEfficiency: efficiency)
+            print("sequence length \(sequenceLength), micro-batch \(microBatchSize), \(activationBytes)-byte activations, \(bytesPerParameter) bytes/parameter, "
+                + (bandwidth.map { String(format: "link %.3g B/s", $0) } ?? "free communication")
+                + ", W* efficiency \(efficiency)")
+            report = try PlanRanking.rank(settings) { virtualStages, scale in
+                try AnalyticCosts.costModel(config, settings: analytic, virtualStages: virtualStages, scale: scale)
+            }
+        }
+        print(report.table)
+        try writeJSON(report, to: json)
     }
 }

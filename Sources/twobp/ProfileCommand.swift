@@ -59,41 +59,37 @@ struct ProfileCommand: ParsableCommand {
     var compareJSON: String?
 
     func run() throws {
-        do {
-            try PlanInputs.checkStages(stages)
-            guard repeats >= 1, steps >= 1 else { throw TwoBPError("--repeats and --steps must be at least 1") }
-            let kind = try ScheduleKind(name: schedule)
-            let (config, sequenceLength) = try modelOptions.resolve()
-            let request = ScheduleRequest(kind: kind, ranks: stages, microBatches: microBatches, twoBP: false, chunksPerRank: chunks)
-            let shape = try request.resolved()
-            let batch = batchSize ?? 2 * shape.microBatches
-            guard batch >= shape.microBatches else {
-                throw TwoBPError("--batch-size \(batch) cannot be split into \(shape.microBatches) micro-batches")
-            }
-            BLAS.setThreads(1)
-            let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
-                                                            batchSize: batch, sequenceLength: sequenceLength,
-                                                            repeats: repeats, seed: modelOptions.seed))
-            print("\(modelOptions.model): \(result.stages.count) virtual stages of \(request.kind) on \(stages) ranks, "
-                + "micro-batch \(result.microBatchSize) × \(sequenceLength) tokens, M = \(result.microBatches), "
-                + "OpenBLAS \(result.blasCore), 1 thread, median of \(repeats)")
-            for stage in result.stages {
-                let table = stage.concatenated.sorted { $0.key < $1.key }
-                    .map { String(format: "k=%d %.2f", $0.key, $0.value * 1e3) }.joined(separator: ", ")
-                print(String(format: "  stage %d (units %d..<%d, %d params): F %.2f ms, p1 %.2f ms, p2 %.2f ms; W* ms: %@",
-                             stage.stage, stage.firstUnit, stage.endUnit, stage.parameters,
-                             stage.forward * 1e3, stage.backwardInput * 1e3, stage.backwardWeight * 1e3, table as NSString))
-                print("      activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)), "
-                    + "static \(RenderStyle.bytes(stage.staticBytes)), message \(RenderStyle.bytes(result.costs.messageBytes))")
-            }
-            if let json {
-                try result.jsonData().write(to: URL(fileURLWithPath: json))
-                print("wrote \(json)")
-            }
-            if compare { try runComparison(config: config, sequenceLength: sequenceLength, batch: batch, costs: result.costs) }
-        } catch let error as ScheduleError {
-            throw TwoBPError(error.message)
+        try PlanInputs.checkStages(stages)
+        guard repeats >= 1, steps >= 1 else { throw TwoBPError("--repeats and --steps must be at least 1") }
+        let kind = try ScheduleKind(name: schedule)
+        let (config, sequenceLength) = try modelOptions.resolve()
+        let request = ScheduleRequest(kind: kind, ranks: stages, microBatches: microBatches, twoBP: false, chunksPerRank: chunks)
+        let shape = try request.resolved()
+        let batch = batchSize ?? 2 * shape.microBatches
+        guard batch >= shape.microBatches else {
+            throw TwoBPError("--batch-size \(batch) cannot be split into \(shape.microBatches) micro-batches")
         }
+        BLAS.setThreads(1)
+        let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
+                                                        batchSize: batch, sequenceLength: sequenceLength,
+                                                        repeats: repeats, seed: modelOptions.seed))
+        print("\(modelOptions.model): \(result.stages.count) virtual stages of \(request.kind) on \(stages) ranks, "
+            + "micro-batch \(result.microBatchSize) × \(sequenceLength) tokens, M = \(result.microBatches), "
+            + "OpenBLAS \(result.blasCore), 1 thread, median of \(repeats)")
+        for stage in result.stages {
+            let table = stage.concatenated.sorted { $0.key < $1.key }
+                .map { String(format: "k=%d %.2f", $0.key, $0.value * 1e3) }.joined(separator: ", ")
+            print(String(format: "  stage %d (units %d..<%d, %d params): F %.2f ms, p1 %.2f ms, p2 %.2f ms; W* ms: %@",
+                         stage.stage, stage.firstUnit, stage.endUnit, stage.parameters,
+                         stage.forward * 1e3, stage.backwardInput * 1e3, stage.backwardWeight * 1e3, table as NSString))
+            print("      activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)), "
+                + "static \(RenderStyle.bytes(stage.staticBytes)), message \(RenderStyle.bytes(result.costs.messageBytes))")
+        }
+        if let json {
+            try result.jsonData().write(to: URL(fileURLWithPath: json))
+            print("wrote \(json)")
+        }
+        if compare { try runComparison(config: config, sequenceLength: sequenceLength, batch: batch, costs: result.costs) }
     }
 
     private func runComparison(config: LlamaConfig, sequenceLength: Int, batch: Int, costs: CostModel) throws {

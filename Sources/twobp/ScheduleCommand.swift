@@ -56,36 +56,32 @@ struct ScheduleCommand: ParsableCommand {
     var figure1: String?
 
     func run() throws {
-        do {
-            try PlanInputs.checkStages(stages)
-            if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
-            if let chunks, chunks < 1 { throw TwoBPError("--chunks must be at least 1, got \(chunks)") }
-            let costModel = try PlanInputs.costModel(costs)
-            let limit = try memoryLimit.map(PlanInputs.bytes)
-            if let figure1 {
-                try writeFigure1(costs: costModel, to: figure1)
-                return
-            }
-            let choice = try PlanInputs.Choice(name: schedule)
-            let (built, timeline) = try simulate(choice, costs: costModel, memoryLimit: limit)
-            print(built.text, terminator: "")
-            guard !text else { return }
-            report(built, timeline, memoryLimit: limit ?? costModel.memoryLimit)
-            if let svg {
-                try TimelineSVG.render(timeline, title: title(built)).write(toFile: svg, atomically: true, encoding: .utf8)
-            }
-            if let trace {
-                try ChromeTrace.render(timeline, name: built.name).write(toFile: trace, atomically: true, encoding: .utf8)
-            }
-            try writeJSON(ScheduleSummary(schedule: built.name, ranks: built.ranks, microBatches: built.microBatches,
-                                          chunksPerRank: built.chunksPerRank, stepTime: timeline.stepTime,
-                                          bubbleRatio: (0..<built.ranks).map(timeline.bubbleRatio(rank:)),
-                                          meanBubbleRatio: timeline.meanBubbleRatio,
-                                          peakMemory: timeline.peakMemory ?? [], text: built.text, timeline: timeline),
-                          to: json)
-        } catch let error as ScheduleError {
-            throw TwoBPError(error.message)
+        try PlanInputs.checkStages(stages)
+        if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
+        if let chunks, chunks < 1 { throw TwoBPError("--chunks must be at least 1, got \(chunks)") }
+        let costModel = try PlanInputs.costModel(costs)
+        let limit = try memoryLimit.map(PlanInputs.bytes)
+        if let figure1 {
+            try writeFigure1(costs: costModel, to: figure1)
+            return
         }
+        let choice = try PlanInputs.Choice(name: schedule)
+        let (built, timeline) = try simulate(choice, costs: costModel, memoryLimit: limit)
+        print(built.text, terminator: "")
+        guard !text else { return }
+        report(built, timeline, memoryLimit: limit ?? costModel.memoryLimit)
+        if let svg {
+            try TimelineSVG.render(timeline, title: title(built)).write(toFile: svg, atomically: true, encoding: .utf8)
+        }
+        if let trace {
+            try ChromeTrace.render(timeline, name: built.name).write(toFile: trace, atomically: true, encoding: .utf8)
+        }
+        try writeJSON(ScheduleSummary(schedule: built.name, ranks: built.ranks, microBatches: built.microBatches,
+                                      chunksPerRank: built.chunksPerRank, stepTime: timeline.stepTime,
+                                      bubbleRatio: (0..<built.ranks).map(timeline.bubbleRatio(rank:)),
+                                      meanBubbleRatio: timeline.meanBubbleRatio,
+                                      peakMemory: timeline.peakMemory ?? [], text: built.text, timeline: timeline),
+                      to: json)
     }
 
     private func title(_ schedule: Schedule) -> String {
