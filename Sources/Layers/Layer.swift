@@ -23,6 +23,10 @@ public protocol Layer: AnyObject {
     /// Parameters in a fixed order, named relative to this layer.
     var parameters: [Parameter] { get }
 
+    /// Non-trained state a checkpoint carries (BatchNorm's running statistics), named relative
+    /// to this layer; most layers have none.
+    var buffers: [Buffer] { get }
+
     /// y = f(x); saves what backward needs under `microBatch`.
     func forward(_ input: Tensor, microBatch: Int) throws -> Tensor
 
@@ -34,6 +38,8 @@ public protocol Layer: AnyObject {
 }
 
 extension Layer {
+    public var buffers: [Buffer] { [] }
+
     public func zeroGradients() {
         for parameter in parameters { parameter.zeroGradient() }
     }

@@ -18,7 +18,7 @@ public final class Linear: Layer {
         self.inputSize = inputSize
         self.outputSize = outputSize
         weight = Parameter(name: "weight", shape: [outputSize, inputSize])
-        self.bias = bias ? Parameter(name: "bias", shape: [outputSize]) : nil
+        self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: .constant(0)) : nil
     }
 
     public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }

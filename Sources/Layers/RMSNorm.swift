@@ -20,7 +20,7 @@ public final class RMSNorm: Layer {
     public init(size: Int, eps: Float = 1e-5) {
         self.size = size
         self.eps = eps
-        weight = Parameter(name: "weight", shape: [size])
+        weight = Parameter(name: "weight", shape: [size], initialization: .constant(1))
         weight.value.buffer.update(repeating: 1)
     }
 

@@ -20,15 +20,19 @@ public enum ParameterInitialization {
         fnv1a64((0..<8).map { UInt8(truncatingIfNeeded: runSeed >> (8 * $0)) } + Array(name.utf8))
     }
 
-    /// Hugging Face's LLaMa initialisation: matrices (and the embedding) ~ N(0, std²), each from its
-    /// own generator; 1-D parameters (norm gains) = 1. Gradients are zeroed.
+    /// Fills every parameter as its layer asked (`Parameter.initialization`), each random one from
+    /// its own generator seeded by (run seed, full name); `.normal(std: nil)` uses `std`, the
+    /// model's scale (Hugging Face's `initializer_range`). Gradients are zeroed.
     public static func initialize(_ parameters: [Parameter], runSeed: UInt64, std: Float) {
         for parameter in parameters {
-            if parameter.value.shape.count == 1 {
-                parameter.value.buffer.update(repeating: 1)
-            } else {
-                var generator = SeededGenerator(seed: seed(runSeed: runSeed, name: parameter.name))
-                parameter.value.fillNormal(std: std, using: &generator)
+            var generator = SeededGenerator(seed: seed(runSeed: runSeed, name: parameter.name))
+            switch parameter.initialization {
+            case .normal(let own):
+                parameter.value.fillNormal(std: own ?? std, using: &generator)
+            case .constant(let value):
+                parameter.value.buffer.update(repeating: value)
+            case .custom(let fill):
+                fill(parameter.value, &generator)
             }
             parameter.zeroGradient()
         }

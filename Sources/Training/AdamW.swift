@@ -16,9 +16,9 @@ import Tensor
 ///     v = β2·v + (1−β2)·g²
 ///     p = p − lr·λ·p − lr · (m / (1−β1ᵗ)) / (√(v / (1−β2ᵗ)) + ε)
 ///
-/// λ is `weightDecay` for matrices (rank ≥ 2: linear weights, embeddings) and 0
-/// for vectors (norm gains, biases). Gradients are read, never zeroed: zeroing
-/// is the caller's separate call, once per step.
+/// λ is `weightDecay` for the parameters whose layer says they decay (`Parameter.decays`:
+/// linear weights, embeddings) and 0 for the rest (norm gains, biases). Gradients are read,
+/// never zeroed: zeroing is the caller's separate call, once per step.
 public final class AdamW {
     public struct Configuration: Codable, Equatable, Sendable {
         public var beta1: Float
@@ -127,7 +127,7 @@ public final class AdamW {
         let inverseSqrtCorrection2 = Float(1 / correction2.squareRoot())
         let epsilon = configuration.epsilon
         for (index, parameter) in parameters.enumerated() {
-            let keep = 1 - learningRate * (parameter.value.shape.count >= 2 ? configuration.weightDecay : 0)
+            let keep = 1 - learningRate * (parameter.decays ? configuration.weightDecay : 0)
             let p = parameter.value.pointer, g = parameter.gradient.pointer
             let m = firstMoments.pointer + offsets[index], v = secondMoments.pointer + offsets[index]
             for i in 0..<parameter.value.count {
