@@ -30,15 +30,26 @@ final class PipelineEquivalenceTests: XCTestCase {
                 for microBatches in microBatchCounts(kind, ranks: ranks) {
                     for twoBP in [false, true] {
                         let request = ScheduleRequest(kind: kind, ranks: ranks, microBatches: microBatches, twoBP: twoBP)
-                        let report = try verify(request)
-                        XCTAssertLessThanOrEqual(report.maxRelativeGradientDifference, 1e-5, "\(request): \(report.worstParameter)")
-                        XCTAssertEqual(report.pipelineLoss, report.referenceLoss, accuracy: 1e-9, "\(request)")
+                        assertMatchesOneDevice(try verify(request), "\(request)")
                         checked += 1
                     }
                 }
             }
         }
         XCTAssertGreaterThan(checked, 150)
+    }
+
+    /// The criterion `twobp verify` applies: gradients within 1e-5 relative, and the loss within
+    /// 1e-6 of its magnitude. Micro-batches of other shapes run other GEMM blockings, whose float32
+    /// rounding differs with the BLAS kernel (about 1e-9 relative in the loss here), so nothing
+    /// tighter holds on every CPU.
+    func assertMatchesOneDevice(_ report: VerificationReport, _ context: String, file: StaticString = #filePath, line: UInt = #line) {
+        let kernel = "OpenBLAS kernel \(BLAS.coreName)"
+        XCTAssertTrue(report.agrees(tolerance: 1e-5), "\(context), \(kernel): \(report)", file: file, line: line)
+        XCTAssertLessThanOrEqual(report.maxRelativeGradientDifference, 1e-5, "\(context), \(kernel): \(report.worstParameter)",
+                                 file: file, line: line)
+        XCTAssertEqual(report.pipelineLoss, report.referenceLoss, accuracy: 1e-6 * abs(report.referenceLoss), "\(context), \(kernel)",
+                       file: file, line: line)
     }
 
     /// Micro-batch counts each schedule allows on `ranks`, including counts that are not multiples of the ranks.
@@ -62,8 +73,8 @@ final class PipelineEquivalenceTests: XCTestCase {
     }
 
     func testUnevenMicroBatchesStillMatch() throws {
-        let report = try verify(ScheduleRequest(kind: .oneFOneB1, ranks: 2, microBatches: 3, twoBP: true), batchSize: 7)
-        XCTAssertLessThanOrEqual(report.maxRelativeGradientDifference, 1e-5)
+        assertMatchesOneDevice(try verify(ScheduleRequest(kind: .oneFOneB1, ranks: 2, microBatches: 3, twoBP: true), batchSize: 7),
+                               "1f1b-1 + 2BP, 3 uneven micro-batches of a batch of 7")
     }
 
     func testBadRequestsAreRefusedBeforeAnythingRuns() {
