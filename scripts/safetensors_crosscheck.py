@@ -20,11 +20,15 @@ def ramp(shape, start, step):
     return (start + step * np.arange(n, dtype=np.float64)).astype(np.float32).reshape(shape)
 
 
-# What Swift writes (see SafeTensorsCrossCheckTests.swiftTensors).
+# What Swift writes (see SafeTensorsCrossCheckTests.swiftTensors and .swiftBuffers).
 SWIFT_TENSORS = {
     "model.layers.0.self_attn.q_proj.weight": ramp([4, 3], 0.0, 0.25),
     "model.norm.weight": ramp([3], 1.0, 0.25),
     "lm_head.weight": ramp([5, 3], -2.0, 0.5),
+}
+SWIFT_BUFFERS = {
+    "bn1.running_var": ramp([2], 1.0, 0.5),
+    "bn1.num_batches_tracked": np.array(2**40 + 7, dtype=np.int64),
 }
 
 
@@ -35,6 +39,7 @@ def write(folder):
         "h": np.array([1.0, -2.0, 0.5, 65504.0, 2.0**-24], dtype=np.float16),
         "d": (np.arange(4, dtype=np.float64) / 10).reshape(2, 2),
         "empty": np.zeros((0, 3), dtype=np.float32),
+        "counter": np.array(-3, dtype=np.int64),
     }
     save_file(tensors, os.path.join(folder, "python.safetensors"), metadata={"format": "pt", "writer": "python"})
     # A Hugging Face style sharded model.
@@ -60,9 +65,9 @@ def verify(folder):
 
     path = os.path.join(folder, "swift.safetensors")
     loaded = load_file(path)
-    if set(loaded) != set(SWIFT_TENSORS):
+    if set(loaded) != set(SWIFT_TENSORS) | set(SWIFT_BUFFERS):
         failures.append(f"swift.safetensors names {sorted(loaded)}")
-    for name, want in SWIFT_TENSORS.items():
+    for name, want in {**SWIFT_TENSORS, **SWIFT_BUFFERS}.items():
         if name in loaded:
             check(name, loaded[name], want)
     with safe_open(path, framework="numpy") as f:

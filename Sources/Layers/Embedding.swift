@@ -15,10 +15,13 @@ public final class Embedding {
     /// Token ids and dy [batch, length, size], kept from p1 for p2.
     private var pending = MicroBatchStore<(tokens: [Int32], outputGradient: Tensor)>("Embedding p2 stash")
 
-    public init(vocabularySize: Int, size: Int) {
+    /// `weight`, when given, is a [vocabularySize, size] parameter shared with another layer (a tied
+    /// output projection); otherwise the embedding gets its own.
+    public init(vocabularySize: Int, size: Int, weight: Parameter? = nil) {
+        precondition(weight.map { $0.value.shape == [vocabularySize, size] } ?? true, "Embedding: shared weight of the wrong shape")
         self.vocabularySize = vocabularySize
         self.size = size
-        weight = Parameter(name: "weight", shape: [vocabularySize, size])
+        self.weight = weight ?? Parameter(name: "weight", shape: [vocabularySize, size])
     }
 
     public var parameters: [Parameter] { [weight] }

@@ -18,11 +18,13 @@ public final class LanguageModelHead {
     /// dlogits [rows, vocabularySize], kept from forward for p1.
     private var saved = MicroBatchStore<Tensor>("LanguageModelHead forward state")
 
-    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-5) {
+    /// `lmHeadWeight`, when given, is the [vocabularySize, hiddenSize] matrix lm_head shares with
+    /// the token embedding (tied weights).
+    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-5, lmHeadWeight: Parameter? = nil) {
         self.hiddenSize = hiddenSize
         self.vocabularySize = vocabularySize
         norm = RMSNorm(size: hiddenSize, eps: eps)
-        lmHead = Linear(inputSize: hiddenSize, outputSize: vocabularySize)
+        lmHead = Linear(inputSize: hiddenSize, outputSize: vocabularySize, weight: lmHeadWeight)
         parameters = norm.parameters.map { $0.prefixed("norm") } + lmHead.parameters.map { $0.prefixed("lm_head") }
     }
 

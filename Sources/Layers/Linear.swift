@@ -14,10 +14,13 @@ public final class Linear: Layer {
     /// (x [rows, in], dy [rows, out]) kept from p1 for p2.
     private var pending = MicroBatchStore<(input: Tensor, outputGradient: Tensor)>("Linear p2 stash")
 
-    public init(inputSize: Int, outputSize: Int, bias: Bool = false) {
+    /// `weight`, when given, is a [outputSize, inputSize] parameter this projection shares with
+    /// another layer (a tied embedding); otherwise it gets its own.
+    public init(inputSize: Int, outputSize: Int, bias: Bool = false, weight: Parameter? = nil) {
+        precondition(weight.map { $0.value.shape == [outputSize, inputSize] } ?? true, "Linear: shared weight of the wrong shape")
         self.inputSize = inputSize
         self.outputSize = outputSize
-        weight = Parameter(name: "weight", shape: [outputSize, inputSize])
+        self.weight = weight ?? Parameter(name: "weight", shape: [outputSize, inputSize])
         self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: .constant(0)) : nil
     }
 

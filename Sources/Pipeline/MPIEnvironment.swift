@@ -219,7 +219,7 @@ public final class MPIEnvironment: @unchecked Sendable {
         return String(cString: buffer)
     }
 
-    static func check(_ code: Int32, _ what: @autoclosure () -> String) throws {
+    public static func check(_ code: Int32, _ what: @autoclosure () -> String) throws {
         guard code != twobp_mpi_success() else { return }
         throw TwoBPError("\(what()) failed: \(mpiErrorString(code))")
     }

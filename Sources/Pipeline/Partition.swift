@@ -12,7 +12,7 @@ public enum Partition {
         let blocks = unitCosts.count - 2
         guard stages >= 1 else { throw TwoBPError("the number of stages must be at least 1, got \(stages)") }
         guard blocks >= stages else {
-            throw TwoBPError("\(stages) pipeline stages need at least \(stages) transformer layers; the model has \(blocks)")
+            throw TwoBPError("\(stages) pipeline stages need at least \(stages) blocks; the model has \(blocks)")
         }
         // The embedding and head are folded into the first and last block so each stage is a run of blocks.
         var costs = Array(unitCosts[1...blocks])

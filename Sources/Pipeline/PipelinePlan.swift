@@ -9,7 +9,8 @@ public struct PipelinePlan: Sendable {
     /// unitRanges[virtualStage] = the model units (embedding, blocks, head) of that stage.
     public let unitRanges: [Range<Int>]
 
-    /// Builds and checks a schedule for a model whose units cost `unitCosts`, before anything runs.
+    /// Builds and checks a schedule for a model whose units cost `unitCosts` (forward FLOPs, for
+    /// balancing), before anything runs.
     public init(request: ScheduleRequest, unitCosts: [Double]) throws {
         let schedule: Schedule
         do {
@@ -24,9 +25,9 @@ public struct PipelinePlan: Sendable {
         let blocks = unitCosts.count - 2
         guard schedule.virtualStages <= blocks else {
             guard schedule.chunksPerRank == 1 else {
-                throw TwoBPError("\(request.kind) needs \(schedule.virtualStages) model stages (\(schedule.ranks) ranks × \(schedule.chunksPerRank) chunks) but the model has only \(blocks) transformer layers")
+                throw TwoBPError("\(request.kind) needs \(schedule.virtualStages) model stages (\(schedule.ranks) ranks × \(schedule.chunksPerRank) chunks) but the model has only \(blocks) blocks")
             }
-            throw TwoBPError("\(schedule.ranks) pipeline stages need at least \(schedule.ranks) transformer layers; the model has \(blocks)")
+            throw TwoBPError("\(schedule.ranks) pipeline stages need at least \(schedule.ranks) blocks; the model has \(blocks)")
         }
         self.schedule = schedule
         unitRanges = try Partition.balanced(unitCosts: unitCosts, stages: schedule.virtualStages)
@@ -38,17 +39,15 @@ public struct PipelinePlan: Sendable {
     }
 }
 
-extension TokenBatch {
-    /// Splits the batch's sequences into `count` micro-batches of as equal a size as possible.
-    public func split(into count: Int) throws -> [TokenBatch] {
-        guard count >= 1, count <= batchSize else {
-            throw TwoBPError("cannot split a batch of \(batchSize) sequences into \(count) micro-batches; use a batch size of at least \(count)")
-        }
-        var start = 0
-        return (0..<count).map { index in
-            let size = batchSize / count + (index < batchSize % count ? 1 : 0)
-            defer { start += size }
-            return sequences(start..<start + size)
-        }
+extension PipelinePlan {
+    /// The plan for `model` on samples of `sampleLength`, stages balanced by forward FLOPs.
+    public init(request: ScheduleRequest, model: any ModelConfig, sampleLength: Int) throws {
+        try self.init(request: request, unitCosts: model.unitCosts(sampleLength: sampleLength).map(\.forward))
+    }
+
+    /// The ranks whose stages hold any of `units`, ascending.
+    public func ranks(holding units: [Int]) -> [Int] {
+        let stages = unitRanges.indices.filter { stage in units.contains { unitRanges[stage].contains($0) } }
+        return Set(stages.map { schedule.location(ofStage: $0).rank }).sorted()
     }
 }

@@ -16,7 +16,6 @@ public final class StageRunner {
     /// chunks[c] holds virtual stage schedule.stage(rank: rank, chunk: c).
     public let chunks: [ModelChunk]
     public let transport: Transport
-    public let hiddenSize: Int
     /// The rank's meter: every tensor the runner's thread allocates is charged to it.
     public let meter: MemoryMeter
 
@@ -31,30 +30,30 @@ public final class StageRunner {
         let microBatch: Int
     }
 
-    public init(rank: Int, schedule: Schedule, chunks: [ModelChunk], transport: Transport, hiddenSize: Int, meter: MemoryMeter) {
+    public init(rank: Int, schedule: Schedule, chunks: [ModelChunk], transport: Transport, meter: MemoryMeter) {
         precondition(chunks.count == schedule.chunksPerRank, "rank \(rank) has \(chunks.count) chunks, schedule wants \(schedule.chunksPerRank)")
         self.rank = rank
         self.schedule = schedule
         self.chunks = chunks
         self.transport = transport
-        self.hiddenSize = hiddenSize
         self.meter = meter
     }
 
     /// What one step on this rank produced.
     public struct StepResult {
-        /// Σ lossWeight · cross-entropy over the micro-batches whose loss this rank computed.
-        public var loss: Double = 0
+        /// The loss terms (`ModelConfig.lossTerms`) summed over the micro-batches whose loss this
+        /// rank computed; empty on ranks that compute none.
+        public var loss: [Double] = []
         public var events: [TimelineEvent] = []
     }
 
     /// Runs this rank's actions for one step over `microBatches` (indexed by micro-batch id).
     /// `clockOrigin` is the step's start in `DispatchTime` nanoseconds, shared by all ranks of a process.
-    public func runStep(microBatches: [TokenBatch], clockOrigin: UInt64) throws -> StepResult {
+    public func runStep(microBatches: [any MicroBatch], clockOrigin: UInt64) throws -> StepResult {
         try MemoryMeter.withCurrent(meter) {
             var result = StepResult()
             let actions = schedule.actions[rank]
-            postReceivesAhead(actions, microBatches: microBatches)
+            try postReceivesAhead(actions, microBatches: microBatches)
             for action in actions {
                 let start = DispatchTime.now().uptimeNanoseconds
                 try execute(action, microBatches: microBatches, loss: &result.loss)
@@ -71,7 +70,7 @@ public final class StageRunner {
         }
     }
 
-    private func execute(_ action: Action, microBatches: [TokenBatch], loss: inout Double) throws {
+    private func execute(_ action: Action, microBatches: [any MicroBatch], loss: inout [Double]) throws {
         let c = action.chunk
         let stage = schedule.stage(rank: rank, chunk: c)
         guard let m = action.microBatch else {
@@ -88,8 +87,8 @@ public final class StageRunner {
             switch try chunks[c].forward(input, batch: microBatches[m], microBatch: m) {
             case .activation(let output):
                 try deliver(output, slot: slot, toStage: stage + 1, kind: .activation)
-            case .loss(let value):
-                loss += value
+            case .loss(let terms):
+                loss = loss.isEmpty ? terms : zip(loss, terms).map(+)
             }
         case .backwardInput, .backwardFull:
             let isLast = stage == schedule.virtualStages - 1
@@ -115,17 +114,17 @@ public final class StageRunner {
             let source = schedule.location(ofStage: stage - 1).rank
             inputActivations[slot] = try transport.receive(
                 from: source, tag: MessageTag(kind: .activation, microBatch: m, stage: stage),
-                shape: activationShape(microBatches[m]))
+                shape: try receivedShape(action, microBatches[m]))
         case .receiveGradient:
             let source = schedule.location(ofStage: stage + 1).rank
             inputGradients[slot] = try transport.receive(
                 from: source, tag: MessageTag(kind: .gradient, microBatch: m, stage: stage),
-                shape: activationShape(microBatches[m]))
+                shape: try receivedShape(action, microBatches[m]))
         }
     }
 
     /// Hands a produced tensor to the chunk on this rank that consumes it, or parks it for its send action.
-    private func deliver(_ tensor: Tensor, slot: Slot, toStage consumer: Int, kind: MessageTag.Kind) throws {
+    private func deliver(_ tensor: Tensor, slot: Slot, toStage consumer: Int, kind: Flow) throws {
         let location = schedule.location(ofStage: consumer)
         if location.rank == rank {
             let local = Slot(chunk: location.chunk, microBatch: slot.microBatch)
@@ -141,6 +140,9 @@ public final class StageRunner {
         }
     }
 
+    /// Which way a tensor between stages flows.
+    private enum Flow { case activation, gradient }
+
     private func takeOrFail(_ store: inout [Slot: Tensor], _ slot: Slot, _ what: String) throws -> Tensor {
         guard let tensor = store.removeValue(forKey: slot) else {
             throw TwoBPError("rank \(rank): \(what) is missing (schedule order or lowering is wrong)")
@@ -148,24 +150,29 @@ public final class StageRunner {
         return tensor
     }
 
-    private func activationShape(_ batch: TokenBatch) -> [Int] {
-        [batch.batchSize, batch.sequenceLength, hiddenSize]
+    /// The shape a receive action's tensor has: the chunk's input activation, or the gradient of
+    /// its output (the model decides; a ResNet's change at every boundary).
+    private func receivedShape(_ action: Action, _ batch: any MicroBatch) throws -> [Int] {
+        let chunk = chunks[action.chunk]
+        let shape = action.kind == .receiveActivation ? try chunk.inputShape(for: batch) : try chunk.outputShape(for: batch)
+        guard let shape else { throw TwoBPError("rank \(rank): \(action) receives into a chunk that takes no such tensor") }
+        return shape
     }
 
     /// Tells the transport every receive of the step up front, so it can post them early (MPI).
-    private func postReceivesAhead(_ actions: [Action], microBatches: [TokenBatch]) {
+    private func postReceivesAhead(_ actions: [Action], microBatches: [any MicroBatch]) throws {
         for action in actions {
-            guard let m = action.microBatch else { continue }
+            guard let m = action.microBatch, microBatches.indices.contains(m) else { continue }
             let stage = schedule.stage(rank: rank, chunk: action.chunk)
             switch action.kind {
             case .receiveActivation:
                 transport.expect(from: schedule.location(ofStage: stage - 1).rank,
                                  tag: MessageTag(kind: .activation, microBatch: m, stage: stage),
-                                 shape: activationShape(microBatches[m]))
+                                 shape: try receivedShape(action, microBatches[m]))
             case .receiveGradient:
                 transport.expect(from: schedule.location(ofStage: stage + 1).rank,
                                  tag: MessageTag(kind: .gradient, microBatch: m, stage: stage),
-                                 shape: activationShape(microBatches[m]))
+                                 shape: try receivedShape(action, microBatches[m]))
             case .forward, .backwardInput, .backwardWeight, .backwardFull, .sendActivation, .sendGradient:
                 break
             }

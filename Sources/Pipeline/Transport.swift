@@ -2,10 +2,15 @@ import Tensor
 
 /// What a message between stages carries, and so where it goes in the receiver's schedule.
 public struct MessageTag: Hashable, Sendable, CustomStringConvertible {
-    public enum Kind: Int, Sendable { case activation = 0, gradient = 1 }
+    public enum Kind: Int, Sendable, CaseIterable {
+        case activation = 0, gradient = 1
+        /// A copy of a tied parameter's gradient (see `TiedParameter`): `microBatch` is the tie's
+        /// index in the model's list, `stage` the sending rank.
+        case tiedGradient = 2
+    }
     public let kind: Kind
     public let microBatch: Int
-    /// The virtual stage that will consume the tensor.
+    /// The virtual stage that will consume the tensor (the sender's rank for a tied gradient).
     public let stage: Int
 
     public init(kind: Kind, microBatch: Int, stage: Int) {
@@ -15,10 +20,14 @@ public struct MessageTag: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// A non-negative integer unique per tag for up to 1024 virtual stages (an MPI tag).
-    public var integerValue: Int { (microBatch * 1024 + stage) * 2 + kind.rawValue }
+    public var integerValue: Int { (microBatch * 1024 + stage) * Kind.allCases.count + kind.rawValue }
 
     public var description: String {
-        "\(kind == .activation ? "activation" : "gradient") of micro-batch \(microBatch) for stage \(stage)"
+        switch kind {
+        case .activation: "activation of micro-batch \(microBatch) for stage \(stage)"
+        case .gradient: "gradient of micro-batch \(microBatch) for stage \(stage)"
+        case .tiedGradient: "gradient of tied parameter \(microBatch) from rank \(stage)"
+        }
     }
 }
 

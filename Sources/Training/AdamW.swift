@@ -1,3 +1,4 @@
+import Checkpoints
 import Foundation
 import Layers
 import Tensor
@@ -145,12 +146,13 @@ public final class AdamW {
 
     // MARK: State
 
-    /// The moments as named views into the flat buffers (no copies):
-    /// `m.<name>` then `v.<name>` for every parameter, in order.
-    public func stateTensors() -> [NamedTensor] {
+    /// The moments as named views into the flat buffers (no copies): `m.<name>` then `v.<name>`
+    /// for every parameter in order, or only for `subset` (tied copies another rank saves left out).
+    public func stateTensors(of subset: [Parameter]? = nil) -> [NamedTensor] {
+        let included = subset.map { Set($0.map(\.name)) }
         var result: [NamedTensor] = []
         for (moments, prefix) in [(firstMoments, AdamW.firstMomentPrefix), (secondMoments, AdamW.secondMomentPrefix)] {
-            for (index, parameter) in parameters.enumerated() {
+            for (index, parameter) in parameters.enumerated() where included?.contains(parameter.name) ?? true {
                 let view = moments.rows(offsets[index]..<(offsets[index] + parameter.value.count)).reshaped(parameter.value.shape)
                 result.append((name: prefix + parameter.name, tensor: view))
             }

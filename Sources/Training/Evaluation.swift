@@ -1,9 +1,10 @@
+import Files
 import Foundation
 import Models
 import Tensor
 
 /// What `twobp eval` measured.
-public struct EvaluationResult: Equatable, Sendable {
+public struct EvaluationResult: Equatable, Sendable, Encodable {
     /// Mean cross-entropy over the predicted bytes, in nats per byte.
     public let loss: Double
     /// Windows evaluated.
@@ -24,12 +25,13 @@ public struct EvaluationResult: Equatable, Sendable {
     /// exp(loss).
     public var perplexity: Double { Foundation.exp(loss) }
 
-    /// `{"loss": ..., "windows": ..., "tokens": ..., "sequence_length": ...}`, indented, newline-terminated.
-    public func jsonText() -> String {
-        let value: JSONValue = [
-            "loss": .double(loss), "windows": .int(windows), "tokens": .int(tokens), "sequence_length": .int(sequenceLength),
-        ]
-        return value.prettyEncoded()
+    enum CodingKeys: String, CodingKey {
+        case loss, windows, tokens, sequenceLength = "sequence_length"
+    }
+
+    /// `{"loss": ..., "sequence_length": ..., "tokens": ..., "windows": ...}`, indented, newline-terminated.
+    public func jsonText() throws -> String {
+        String(decoding: try JSONLines.pretty(self), as: UTF8.self)
     }
 
     /// Writes `jsonText()` to `url` (atomically, through a temporary sibling).
@@ -45,7 +47,7 @@ public struct EvaluationResult: Equatable, Sendable {
 /// `sequenceLength + 1` bytes (window i is bytes i·(L+1) ..< (i+1)·(L+1)); a partial window at
 /// the end is dropped. In each window the model reads bytes 0..<L and predicts bytes 1...L, so
 /// every window contributes L predictions, each seeing the whole window before it. The loss runs
-/// through `LlamaModel.loss`, the inference path that saves nothing, `batchSize` windows at a time.
+/// through the model's evaluation path, which saves nothing, `batchSize` windows at a time.
 public enum Evaluation {
     /// Windows of `sequenceLength + 1` bytes that fit in `byteCount` bytes.
     public static func windowCount(byteCount: Int, sequenceLength: Int) -> Int {
@@ -69,13 +71,13 @@ public enum Evaluation {
     /// The mean cross-entropy (nats per byte) of `model` over the first `maxWindows` windows of
     /// `bytes` (all when nil). `source` names the text in errors; `progress` is told (windows done,
     /// windows in all) after each batch.
-    public static func evaluate(model: LlamaModel, bytes: [UInt8], sequenceLength: Int, maxWindows: Int? = nil,
+    public static func evaluate(model: CausalLanguageModel, bytes: [UInt8], sequenceLength: Int, maxWindows: Int? = nil,
                                 batchSize: Int = 8, source: String = "text",
                                 progress: (Int, Int) -> Void = { _, _ in }) throws -> EvaluationResult {
-        let limit = model.config.maxPositionEmbeddings
+        let limit = model.contextLength
         guard sequenceLength >= 1 else { throw TwoBPError("sequence length must be at least 1, got \(sequenceLength)") }
         guard sequenceLength <= limit else {
-            throw TwoBPError("sequence length \(sequenceLength) exceeds the model's max_position_embeddings \(limit)")
+            throw TwoBPError("sequence length \(sequenceLength) exceeds the model's context of \(limit) tokens")
         }
         if let maxWindows, maxWindows < 1 { throw TwoBPError("the number of windows must be at least 1, got \(maxWindows)") }
         guard batchSize >= 1 else { throw TwoBPError("batch size must be at least 1, got \(batchSize)") }
@@ -84,8 +86,8 @@ public enum Evaluation {
             throw TwoBPError("\(source) has \(bytes.count) bytes, shorter than one window of \(sequenceLength + 1) bytes (sequence length \(sequenceLength) + 1)")
         }
         let windows = min(available, maxWindows ?? available)
-        guard Int(UInt8.max) < model.config.vocabSize else {
-            throw TwoBPError("vocab_size \(model.config.vocabSize) cannot hold every byte (needs 256)")
+        guard Int(UInt8.max) < model.vocabularySize else {
+            throw TwoBPError("vocab_size \(model.vocabularySize) cannot hold every byte (needs 256)")
         }
 
         var total = 0.0

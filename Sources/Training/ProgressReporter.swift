@@ -9,7 +9,7 @@ import Darwin
 /// Reports training progress on standard output.
 ///
 /// On a terminal (isatty) it redraws one live line in place (`\r`, clear to end
-/// of line): step, loss, tokens/s, ETA. Otherwise (a pipe, a log file, CI) it
+/// of line): step, loss, throughput (tokens or samples per second), ETA. Otherwise (a pipe, a log file, CI) it
 /// prints one plain line per reported step, every `plainEvery` steps and on the
 /// last. `message(_:)` prints a line of its own without garbling the live line.
 ///
@@ -54,7 +54,8 @@ public final class ProgressReporter {
     }
 
     /// Reports that optimizer step `step` (1-based count of steps done) finished.
-    public func update(step: Int, loss: Double, tokensPerSecond: Double, learningRate: Double? = nil) {
+    /// `unit` abbreviates what `throughput` counts per second (`tok`, `samples`).
+    public func update(step: Int, loss: Double, throughput: Double, unit: String = "tok", learningRate: Double? = nil) {
         let now = clock()
         var eta: Double?
         if let start {
@@ -65,7 +66,7 @@ public final class ProgressReporter {
             // The first report anchors the ETA: later ones measure from it.
             start = (time: now, step: step)
         }
-        let text = line(step: step, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, eta: eta)
+        let text = line(step: step, loss: loss, throughput: throughput, unit: unit, learningRate: learningRate, eta: eta)
         let last = step >= totalSteps
         if interactive {
             output("\r" + text + "\u{1B}[K" + (last ? "\n" : ""))
@@ -93,12 +94,12 @@ public final class ProgressReporter {
         }
     }
 
-    func line(step: Int, loss: Double, tokensPerSecond: Double, learningRate: Double?, eta: Double?) -> String {
+    func line(step: Int, loss: Double, throughput: Double, unit: String, learningRate: Double?, eta: Double?) -> String {
         let width = String(totalSteps).count
         var parts = ["step \(String(repeating: " ", count: Swift.max(0, width - String(step).count)))\(step)/\(totalSteps)",
                      "loss \(String(format: "%.4f", loss))"]
         if let learningRate { parts.append("lr \(String(format: "%.2e", learningRate))") }
-        parts.append("\(String(format: "%.0f", tokensPerSecond)) tok/s")
+        parts.append("\(String(format: "%.0f", throughput)) \(unit)/s")
         parts.append("ETA \(eta.map(ProgressReporter.formatDuration) ?? "--:--")")
         return parts.joined(separator: " | ")
     }

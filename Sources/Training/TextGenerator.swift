@@ -1,3 +1,4 @@
+import Data
 import Foundation
 import Models
 import Tensor
@@ -26,7 +27,7 @@ public struct SamplingOptions: Equatable, Sendable {
     }
 }
 
-/// Autoregressive byte-level generation with a `LlamaModel`.
+/// Autoregressive byte-level generation with a causal language model (LLaMa, Mamba).
 ///
 /// Each step runs the model's saving-nothing forward over the context, the last
 /// `max_position_embeddings` tokens (prompt and generated so far; no key/value cache, so a step
@@ -34,11 +35,11 @@ public struct SamplingOptions: Equatable, Sendable {
 /// position. Only the byte ids 0..<256 are candidates, whatever the vocabulary size, since the
 /// byte tokenizer can write nothing else.
 public final class TextGenerator {
-    public let model: LlamaModel
+    public let model: CausalLanguageModel
     public let options: SamplingOptions
     private var generator: SeededGenerator
 
-    public init(model: LlamaModel, options: SamplingOptions) throws {
+    public init(model: CausalLanguageModel, options: SamplingOptions) throws {
         try options.validate()
         self.model = model
         self.options = options
@@ -47,14 +48,14 @@ public final class TextGenerator {
 
     /// The tokens a step sees: the last `max_position_embeddings` of `tokens`.
     public func context(_ tokens: [Int32]) -> ArraySlice<Int32> {
-        tokens.suffix(model.config.maxPositionEmbeddings)
+        tokens.suffix(model.contextLength)
     }
 
     /// Logits [vocabularySize] of the token following `tokens` (cropped to the context).
     public func nextTokenLogits(_ tokens: [Int32]) throws -> [Float] {
         let context = Array(context(tokens))
         let logits = try model.logits(tokens: context, batchSize: 1, sequenceLength: context.count)
-        let vocabulary = model.config.vocabSize
+        let vocabulary = model.vocabularySize
         let last = logits.pointer + (context.count - 1) * vocabulary
         return Array(UnsafeBufferPointer(start: last, count: vocabulary))
     }
@@ -65,7 +66,7 @@ public final class TextGenerator {
     public func generate(prompt: [Int32], count: Int, onToken: (Int32) throws -> Void = { _ in }) throws -> [Int32] {
         guard !prompt.isEmpty else { throw TwoBPError("the prompt is empty: generation needs at least one byte to start from") }
         guard count >= 1 else { throw TwoBPError("the number of tokens to generate must be at least 1, got \(count)") }
-        let vocabulary = model.config.vocabSize
+        let vocabulary = model.vocabularySize
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
             throw TwoBPError("prompt token \(bad) is outside the vocabulary of \(vocabulary)")
         }

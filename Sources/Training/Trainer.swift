@@ -1,3 +1,5 @@
+import Checkpoints
+import Data
 import Foundation
 import Layers
 import Models
@@ -9,11 +11,17 @@ import Tensor
 public struct TrainingOutcome {
     /// Training loss of every step of the run so far (index = step), resumed steps included.
     public var losses: [Double]
+    /// Every loss term (`ModelConfig.lossTerms`) of the last step.
+    public var lastLossTerms: [Double]
     public var validationLoss: Double?
+    /// Every loss term of the last validation.
+    public var validationTerms: [Double]?
     /// Every validation of the run so far, resumed ones included.
     public var validationHistory: [TrainerState.ValidationPoint]
-    /// Tokens trained per second of step time (validation and checkpoints excluded).
-    public var tokensPerSecond: Double
+    /// Throughput units (tokens or samples, `unit`) trained per second of step time (validation
+    /// and checkpoints excluded).
+    public var throughput: Double
+    public var unit: ThroughputUnit
     /// Mean wall time of a step, first step excluded when there are others.
     public var stepTimeSeconds: Double
     /// Per rank: mean idle time over step time, first step excluded when there are others.
@@ -31,12 +39,13 @@ public struct TrainingOutcome {
 /// prints progress, validates, and writes metrics, checkpoints and the summary.
 ///
 /// A step: forward and backward of all micro-batches as the schedule orders
-/// them, one all-reduce of the loss and the squared gradient norm (plus each
-/// rank's timing), then AdamW on each rank's own parameters.
+/// them, the tied parameters' gradients summed between their ranks, one
+/// all-reduce of the loss terms and the squared gradient norm (plus each rank's
+/// timing), then AdamW on each rank's own parameters.
 public final class Trainer {
     public let settings: TrainingSettings
     public let worker: StageWorker
-    private let corpus: TextCorpus
+    private let data: any DataSource
     private let learningRates: LearningRateSchedule
     private var state: TrainerState
     private var transport: Transport { worker.transport }
@@ -44,54 +53,65 @@ public final class Trainer {
 
     public init(settings: TrainingSettings, transport: Transport) throws {
         self.settings = settings
-        corpus = try TextCorpus(contentsOf: settings.data, sequenceLength: settings.sequenceLength)
+        data = try DataSources.open(settings.data, for: settings.model, sampleLength: settings.sampleLength)
         learningRates = try LearningRateSchedule(
             maxLearningRate: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: settings.steps)
-        let plan = try PipelinePlan(
-            request: settings.pipeline, unitCosts: settings.model.unitCosts(sequenceLength: settings.sequenceLength))
-        worker = try StageWorker(plan: plan, config: settings.model, seed: settings.seed, transport: transport,
+        let plan = try PipelinePlan(request: settings.pipeline, model: settings.model, sampleLength: settings.sampleLength)
+        worker = try StageWorker(plan: plan, model: settings.model, seed: settings.seed, transport: transport,
                                  optimizer: settings.optimizer)
         state = TrainerState(step: 0, seed: settings.seed, batchSize: settings.batchSize,
-                             sequenceLength: settings.sequenceLength, dataFingerprint: corpus.fingerprint,
+                             sampleLength: settings.sampleLength, dataFingerprint: data.fingerprint,
                              tokensSeen: 0, schedule: learningRates)
         if let resume = settings.resume { try restore(from: resume) }
     }
 
     private func restore(from url: URL) throws {
         let checkpoint = try Checkpoint.load(from: Checkpoint.resolve(url))
-        let savedModel = try LlamaConfig.parse(checkpoint.config, source: checkpoint.folder.appendingPathComponent(Checkpoint.configFileName).path)
-        guard savedModel == settings.model else {
+        let savedModel = try ModelRegistry.decode(checkpoint.config, source: checkpoint.folder.appendingPathComponent(Checkpoint.configFileName).path)
+        guard savedModel.isSame(as: settings.model) else {
             throw TwoBPError("\(checkpoint.folder.path) holds a different model configuration than --model")
         }
-        try checkpoint.state.checkResumable(seed: settings.seed, batchSize: settings.batchSize,
-                                            sequenceLength: settings.sequenceLength, dataFingerprint: corpus.fingerprint)
-        guard checkpoint.state.step <= settings.steps else {
-            throw TwoBPError("\(checkpoint.folder.path) is at step \(checkpoint.state.step), past --steps \(settings.steps)")
+        let saved: TrainerState
+        do {
+            saved = try TrainerState.decode(checkpoint.state)
+        } catch let error as TwoBPError {
+            throw TwoBPError("checkpoint \(checkpoint.folder.path): \(error.message)")
+        } catch {
+            throw TwoBPError("checkpoint \(checkpoint.folder.path): \(Checkpoint.stateFileName) is corrupt (\(error))")
         }
-        try checkpoint.restore(into: [worker.optimizer])
-        state = checkpoint.state
+        try saved.checkResumable(seed: settings.seed, batchSize: settings.batchSize,
+                                 sampleLength: settings.sampleLength, dataFingerprint: data.fingerprint)
+        guard saved.step <= settings.steps else {
+            throw TwoBPError("\(checkpoint.folder.path) is at step \(saved.step), past --steps \(settings.steps)")
+        }
+        try checkpoint.model.load(into: worker.parameters, buffers: worker.buffers)
+        try worker.optimizer.loadState(from: checkpoint.optimizer)
+        state = saved
         state.schedule = learningRates
     }
 
     /// Trains from the current step up to `settings.steps`; returns the outcome on rank 0, nil elsewhere.
     public func run() throws -> TrainingOutcome? {
         let ranks = transport.worldSize
-        let tokensPerStep = settings.batchSize * settings.sequenceLength
+        let unitsPerStep = settings.batchSize * data.throughputUnit.perSample
         let metrics = try isRoot ? settings.metrics.map { try MetricsLog(url: $0, resumingAfter: state.step) } : nil
         let progress = isRoot && settings.showProgress ? ProgressReporter(totalSteps: settings.steps) : nil
         let firstStep = state.step
         var validationLoss = state.validationHistory.last?.loss
+        var validationTerms: [Double]?
+        var lastTerms: [Double] = []
         var stepTimes: [Double] = []
         var idleRatios: [[Double]] = []
         var busyTimes: [[Double]] = []
         var lastEvents: [TimelineEvent] = []
 
         for step in firstStep..<settings.steps {
-            let batch = corpus.trainingBatch(step: step, batchSize: settings.batchSize, seed: settings.seed)
+            let batch = data.trainingBatch(step: step, batchSize: settings.batchSize, seed: settings.seed)
             try transport.barrier()  // align the ranks' clocks at the step's start
             let origin = DispatchTime.now().uptimeNanoseconds
             let result = try worker.computeGradients(batch, clockOrigin: origin)
-            let reduced = try StepReduction.reduce(loss: result.loss, squaredGradientNorm: AdamW.squaredGradientSum(worker.parameters),
+            let reduced = try StepReduction.reduce(loss: result.loss, termCount: settings.model.lossTerms.count,
+                                                   squaredGradientNorm: worker.squaredGradientNorm(),
                                                    events: result.events, over: transport)
             let learningRate = learningRates.learningRate(at: step)
             try worker.optimizer.update(learningRate: Float(learningRate), globalGradientNorm: reduced.gradientNorm)
@@ -101,23 +121,26 @@ public final class Trainer {
             busyTimes.append(reduced.busy)
             stepTimes.append(stepTime)
             lastEvents = result.events
+            lastTerms = reduced.lossTerms
             state.step = step + 1
-            state.tokensSeen += tokensPerStep
+            state.tokensSeen += unitsPerStep
             state.lossHistory.append(reduced.loss)
             state.elapsedSeconds += stepTime
 
-            let tokensPerSecond = Double(tokensPerStep) / stepTime
-            try metrics?.log(step: step + 1, loss: reduced.loss, learningRate: learningRate, tokensPerSecond: tokensPerSecond,
-                             extra: [(key: "grad_norm", value: .double(reduced.gradientNorm)),
-                                     (key: "step_time_seconds", value: .double(stepTime))])
-            progress?.update(step: step + 1, loss: reduced.loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate)
+            let throughput = Double(unitsPerStep) / stepTime
+            try metrics?.log(StepRecord(step: step + 1, learningRate: learningRate, throughput: throughput, unit: data.throughputUnit,
+                                        terms: zip(settings.model.lossTerms, reduced.lossTerms).map { ($0, $1) },
+                                        gradientNorm: reduced.gradientNorm, stepTime: stepTime))
+            progress?.update(step: step + 1, loss: reduced.loss, throughput: throughput, unit: data.throughputUnit.abbreviation,
+                             learningRate: learningRate)
 
             let isLast = step + 1 == settings.steps
             if settings.evaluateEvery.map({ isLast || (step + 1) % $0 == 0 }) ?? false {
-                if let loss = try validate() {
-                    validationLoss = loss
-                    state.validationHistory.append(.init(step: step + 1, loss: loss))
-                    progress?.message("step \(step + 1): validation loss \(String(format: "%.4f", loss))")
+                if let terms = try validate() {
+                    validationLoss = terms[0]
+                    validationTerms = terms
+                    state.validationHistory.append(.init(step: step + 1, loss: terms[0]))
+                    progress?.message("step \(step + 1): validation " + LossTerms.describe(settings.model.lossTerms, terms))
                 }
             }
             if let directory = settings.checkpointDirectory,
@@ -142,9 +165,12 @@ public final class Trainer {
         let totalTime = stepTimes.reduce(0, +)
         return TrainingOutcome(
             losses: state.lossHistory,
+            lastLossTerms: lastTerms,
             validationLoss: validationLoss,
+            validationTerms: validationTerms,
             validationHistory: state.validationHistory,
-            tokensPerSecond: totalTime > 0 ? Double(tokensPerStep * stepTimes.count) / totalTime : 0,
+            throughput: totalTime > 0 ? Double(unitsPerStep * stepTimes.count) / totalTime : 0,
+            unit: data.throughputUnit,
             stepTimeSeconds: measured.isEmpty ? 0 : measured.reduce(0, +) / Double(measured.count),
             bubbleRatio: perRankMean(measuredIdle),
             busySeconds: perRankMean(measuredBusy),
@@ -153,38 +179,42 @@ public final class Trainer {
     }
 
     /// The whole model on rank 0, built at the first validation, that validation loads every rank's weights into.
-    private lazy var evaluationModel = Result { try LlamaModel(config: settings.model, seed: settings.seed) }
+    private lazy var evaluationModel = Result { try settings.model.makeModel(seed: settings.seed) }
 
-    /// Mean validation loss (nats per byte) on rank 0, from every rank's current weights; nil elsewhere.
-    private func validate() throws -> Double? {
-        let named = worker.parameters.map { (name: $0.name, tensor: $0.value) }
-        guard let files = try ParameterGathering.gather(named, over: transport) else { return nil }
+    /// The mean of every loss term over the validation batches, on rank 0, from every rank's
+    /// current weights and buffers; nil elsewhere.
+    private func validate() throws -> [Double]? {
+        let named = worker.ownedParameters.map { (name: $0.name, tensor: $0.value) }
+        guard let files = try ParameterGathering.gather(named, buffers: worker.buffers, over: transport) else { return nil }
         let model = try evaluationModel.get()
-        try SafeTensorsArchive(files: files, source: "the pipeline's weights").load(into: model.parameters)
-        let batches = try corpus.validationBatches(batchSize: settings.batchSize, limit: settings.validationBatches)
-        let total = try batches.reduce(0.0) { $0 + (try model.loss($1)) }
-        return total / Double(batches.count)
+        try SafeTensorsArchive(files: files, source: "the pipeline's weights").load(into: model.parameters, buffers: model.buffers)
+        let batches = try data.validationBatches(batchSize: settings.batchSize, limit: settings.validationBatches)
+        var total = [Double](repeating: 0, count: settings.model.lossTerms.count)
+        for batch in batches {
+            total = zip(total, try model.evaluateLoss(batch)).map(+)
+        }
+        return total.map { $0 / Double(batches.count) }
     }
 
     /// Writes `DIR/step-N` atomically: gathered onto rank 0 into one file, or one shard per rank.
     private func saveCheckpoint(in directory: URL) throws {
-        let model = worker.parameters.map { (name: $0.name, tensor: $0.value) }
-        let moments = worker.optimizer.stateTensors()
+        let model = StoredTensor.records(worker.ownedParameters.map { (name: $0.name, tensor: $0.value) }, worker.buffers)
+        let moments = worker.optimizer.stateTensors(of: worker.ownedParameters)
         let config = try settings.model.jsonData()
+        let trainerState = try state.encoded()
         switch settings.checkpointLayout {
         case .perStage:
-            try ShardedCheckpoint.save(in: directory, model: model, optimizer: moments,
-                                       optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: state,
+            try ShardedCheckpoint.save(in: directory, model: model, optimizer: moments.map(StoredTensor.init),
+                                       optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: trainerState,
                                        transport: transport)
         case .single:
-            let gatheredModel = try ParameterGathering.gather(model, over: transport)
+            let gatheredModel = try ParameterGathering.gather(worker.ownedParameters.map { (name: $0.name, tensor: $0.value) },
+                                                              buffers: worker.buffers, over: transport)
             let gatheredMoments = try ParameterGathering.gather(moments, metadata: worker.optimizer.stateMetadata, over: transport)
             guard let gatheredModel, let gatheredMoments else { return }
-            func tensors(_ files: [SafeTensorsFile]) throws -> [NamedTensor] {
-                try files.flatMap { file in try file.names.map { (name: $0, tensor: try file.tensor($0)) } }
-            }
-            try Checkpoint.save(in: directory, model: [try tensors(gatheredModel)], optimizer: [try tensors(gatheredMoments)],
-                                optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: state)
+            try Checkpoint.save(in: directory, model: [gatheredModel.flatMap { $0.storedTensors() }],
+                                optimizer: [gatheredMoments.flatMap { $0.storedTensors() }],
+                                optimizerMetadata: worker.optimizer.stateMetadata, config: config, state: trainerState)
         }
     }
 }

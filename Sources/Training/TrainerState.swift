@@ -16,8 +16,9 @@ public struct TrainerState: Codable, Equatable, Sendable {
     public var step: Int
     public var seed: UInt64
     public var batchSize: Int
-    public var sequenceLength: Int
-    /// `TextCorpus.fingerprint` of the training text.
+    /// Tokens per sequence, or an image's side (saved as `sequence_length`).
+    public var sampleLength: Int
+    /// `DataSource.fingerprint` of the training data.
     public var dataFingerprint: String
     public var tokensSeen: Int
     public var schedule: LearningRateSchedule
@@ -29,7 +30,7 @@ public struct TrainerState: Codable, Equatable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case formatVersion = "format_version", step, seed, batchSize = "batch_size"
-        case sequenceLength = "sequence_length", dataFingerprint = "data_fingerprint"
+        case sampleLength = "sequence_length", dataFingerprint = "data_fingerprint"
         case tokensSeen = "tokens_seen", schedule, lossHistory = "loss_history"
         case validationHistory = "validation_history", elapsedSeconds = "elapsed_seconds"
     }
@@ -45,14 +46,14 @@ public struct TrainerState: Codable, Equatable, Sendable {
         }
     }
 
-    public init(step: Int, seed: UInt64, batchSize: Int, sequenceLength: Int, dataFingerprint: String,
+    public init(step: Int, seed: UInt64, batchSize: Int, sampleLength: Int, dataFingerprint: String,
                 tokensSeen: Int, schedule: LearningRateSchedule, lossHistory: [Double] = [],
                 validationHistory: [ValidationPoint] = [], elapsedSeconds: Double = 0) {
         formatVersion = TrainerState.currentFormatVersion
         self.step = step
         self.seed = seed
         self.batchSize = batchSize
-        self.sequenceLength = sequenceLength
+        self.sampleLength = sampleLength
         self.dataFingerprint = dataFingerprint
         self.tokensSeen = tokensSeen
         self.schedule = schedule
@@ -63,12 +64,12 @@ public struct TrainerState: Codable, Equatable, Sendable {
 
     /// Throws, naming every difference, unless a run with these settings would
     /// draw the same batches as the run that saved this state.
-    public func checkResumable(seed: UInt64, batchSize: Int, sequenceLength: Int, dataFingerprint: String) throws {
+    public func checkResumable(seed: UInt64, batchSize: Int, sampleLength: Int, dataFingerprint: String) throws {
         var differences: [String] = []
         if seed != self.seed { differences.append("seed \(seed) vs \(self.seed)") }
         if batchSize != self.batchSize { differences.append("batch size \(batchSize) vs \(self.batchSize)") }
-        if sequenceLength != self.sequenceLength {
-            differences.append("sequence length \(sequenceLength) vs \(self.sequenceLength)")
+        if sampleLength != self.sampleLength {
+            differences.append("sample length \(sampleLength) vs \(self.sampleLength)")
         }
         if dataFingerprint != self.dataFingerprint {
             differences.append("data \(dataFingerprint) vs \(self.dataFingerprint)")

@@ -13,6 +13,7 @@
 // Every rank that passes prints "rank R: <mode> ok ..." on stdout; a failure goes through
 // Transport.fail, so the job exits non-zero with a message naming the rank.
 
+import Benchmarks
 import Foundation
 import Pipeline
 import Tensor

@@ -1,10 +1,13 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
+import Models
 import Pipeline
 import Schedules
 import Tensor
 import Training
-
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
@@ -51,12 +54,12 @@ struct StepBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (config, sequenceLength) = try modelOptions.resolve()
+        let (config, sampleLength) = try modelOptions.resolve()
         let threads = blasThreads ?? ProcessInfo.processInfo.activeProcessorCount
         BLAS.setThreads(threads)
         let result = try StepBenchmark.run(model: config, name: modelOptions.model, batchSize: batchSize,
-                                           sequenceLength: sequenceLength, steps: steps, blasThreads: threads, seed: modelOptions.seed)
-        print("\(result.model), batch \(result.batchSize) × \(result.sequenceLength), OpenBLAS \(result.blasCore) kernel, \(threads) thread(s)")
+                                           sampleLength: sampleLength, steps: steps, blasThreads: threads, seed: modelOptions.seed)
+        print("\(result.model), batch \(result.batchSize) × \(result.sampleLength), OpenBLAS \(result.blasCore) kernel, \(threads) thread(s)")
         print(String(format: "sgemm %d³: %.1f GFLOP/s", result.referenceGEMMSize, result.sgemmGFLOPS))
         print(String(format: "step: %.3f s, %.1f GFLOP, %.1f GFLOP/s = %.2f of sgemm (goal 0.6)",
                      result.stepSeconds, result.stepGFLOPs, result.achievedGFLOPS, result.fractionOfSGEMM))
@@ -111,11 +114,11 @@ struct PipelineBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (config, sequenceLength) = try modelOptions.resolve()
+        let (config, sampleLength) = try modelOptions.resolve()
         let kinds = try schedules.split(separator: ",").map { try ScheduleKind(name: String($0)) }
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
-            batchSize: batchSize, sequenceLength: sequenceLength, learningRate: 1e-3, warmupSteps: 0,
+            batchSize: batchSize, sampleLength: sampleLength, learningRate: 1e-3, warmupSteps: 0,
             seed: modelOptions.seed, evaluateEvery: nil, validationBatches: 1,
             pipeline: ScheduleRequest(kind: kinds[0], ranks: stages, microBatches: microBatches), showProgress: false)
         settings.modelName = modelOptions.model
@@ -125,19 +128,22 @@ struct PipelineBenchCommand: ParsableCommand {
             print($0)
         }
         guard let result else { return }
-        print("\(result.model), \(stages) stages over \(transport.rawValue), batch \(batchSize) × \(sequenceLength), "
+        print("\(result.model), \(stages) stages over \(transport.rawValue), batch \(batchSize) × \(sampleLength), "
             + "OpenBLAS \(result.blasCore) kernel, \(threads) BLAS thread(s) per stage, median of \(repeats)")
-        print("schedule   M   plain tok/s   2BP tok/s   2BP/plain   bubble plain       bubble 2BP         peak MiB plain   peak MiB 2BP")
-        for c in result.comparisons {
-            func ratios(_ v: PipelineBenchmark.Variant) -> String { v.bubbleRatio.map { String(format: "%.2f", $0) }.joined(separator: " ") }
-            func mebibytes(_ v: PipelineBenchmark.Variant) -> String { v.peakBytes.map { String($0 >> 20) }.joined(separator: " ") }
-            print(c.schedule.padded(9) + String(format: " %2d  %11.0f  %10.0f  %9.3f   ", c.plain.microBatches,
-                                                c.plain.medianTokensPerSecond, c.twoBP.medianTokensPerSecond, c.speedup)
-                + ratios(c.plain).padded(17) + "  " + ratios(c.twoBP).padded(17) + "  "
-                + mebibytes(c.plain).padded(15) + "  " + mebibytes(c.twoBP))
-        }
+        print("schedule   M   plain \(result.unit)/s   2BP \(result.unit)/s   2BP/plain   bubble plain       bubble 2BP         peak MiB plain   peak MiB 2BP")
+        for c in result.comparisons { print(row(c)) }
         try writeJSON(result, to: json)
     }
+}
+
+/// One line of the pipeline benchmark's table.
+private func row(_ c: PipelineBenchmark.Comparison) -> String {
+    func ratios(_ v: PipelineBenchmark.Variant) -> String { v.bubbleRatio.map { String(format: "%.2f", $0) }.joined(separator: " ") }
+    func mebibytes(_ v: PipelineBenchmark.Variant) -> String { v.peakBytes.map { String($0 >> 20) }.joined(separator: " ") }
+    let rates = String(format: " %2d  %11.0f  %10.0f  %9.3f   ", c.plain.microBatches, c.plain.medianThroughput,
+                       c.twoBP.medianThroughput, c.speedup)
+    return c.schedule.padded(9) + rates + ratios(c.plain).padded(17) + "  " + ratios(c.twoBP).padded(17) + "  "
+        + mebibytes(c.plain).padded(15) + "  " + mebibytes(c.twoBP)
 }
 
 struct TransportBenchCommand: ParsableCommand {

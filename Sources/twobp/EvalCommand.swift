@@ -1,8 +1,11 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
+import Models
 import Tensor
 import Training
-
 /// `twobp eval`: the mean next-byte cross-entropy of a checkpoint over a text file.
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -46,13 +49,16 @@ struct EvalCommand: ParsableCommand {
             throw TwoBPError("no --data given and neither \(Self.defaultDataPaths.joined(separator: " nor ")) exists here (scripts/setup-data.sh builds data/shakespeare.txt)")
         }
         let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
-        let length = sequenceLength ?? loaded.config.maxPositionEmbeddings
-        guard length <= loaded.config.maxPositionEmbeddings else {
-            throw TwoBPError("--seq-len \(length) exceeds the model's max_position_embeddings \(loaded.config.maxPositionEmbeddings)")
+        guard let model = loaded.model as? CausalLanguageModel else {
+            throw TwoBPError("\(loaded.folder.path) holds a \(type(of: loaded.config).modelType) model, which does not predict text")
+        }
+        let length = sequenceLength ?? loaded.config.defaultSampleLength
+        guard length <= model.contextLength else {
+            throw TwoBPError("--seq-len \(length) exceeds the model's context of \(model.contextLength) tokens")
         }
         let url = URL(fileURLWithPath: dataPath)
         let bytes = try Evaluation.readData(url)
-        let result = try Evaluation.evaluate(model: loaded.model, bytes: bytes, sequenceLength: length, maxWindows: maxWindows,
+        let result = try Evaluation.evaluate(model: model, bytes: bytes, sequenceLength: length, maxWindows: maxWindows,
                                              batchSize: batchSize, source: "data file \(url.path)") { done, total in
             // Progress on a terminal only, so redirected output stays the result alone.
             if isatty(STDERR_FILENO) != 0 {

@@ -1,8 +1,11 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
+import Models
 import Tensor
 import Training
-
 /// `twobp generate`: sample text from a trained checkpoint, byte by byte.
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -45,8 +48,13 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
-        let generator = try TextGenerator(
-            model: loaded.model, options: SamplingOptions(temperature: temperature, topK: topK, seed: seed))
+        guard let model = loaded.model as? CausalLanguageModel else {
+            throw TwoBPError("\(loaded.folder.path) holds a \(type(of: loaded.config).modelType) model, which does not generate text")
+        }
+        guard model.vocabularySize >= ByteTokenizer.vocabularySize else {
+            throw TwoBPError("\(loaded.folder.path): vocab_size \(model.vocabularySize) is smaller than the byte tokenizer's \(ByteTokenizer.vocabularySize) tokens")
+        }
+        let generator = try TextGenerator(model: model, options: SamplingOptions(temperature: temperature, topK: topK, seed: seed))
         let output = FileHandle.standardOutput
         // FileHandle writes go straight to the file descriptor: each piece appears at once.
         output.write(Data(prompt.utf8))

@@ -1,10 +1,12 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
 import Models
 import Schedules
 import Tensor
 import Training
-
 /// `twobp plan`: every schedule ranked by simulated throughput for a model and pipeline size.
 struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,12 +18,12 @@ struct PlanCommand: ParsableCommand {
             micro-batches of --micro-batch-size sequences (S for gpipe and 1f1b-1, 2S for the others; \
             --micro-batches sets it for all); naive runs gpipe's batch as one micro-batch.
             Costs: --costs (a JSON file from `twobp profile`, with one entry per virtual stage or one for all), \
-            else derived from the model: time = FLOPs of each stage's units (LlamaConfig.unitFLOPs) / \
-            --flops-rate (default: this machine's measured 1-thread sgemm rate), memory = \
-            --bytes-per-parameter × parameters (16: fp32 weights, gradients, Adam m and v, or bf16 \
-            mixed precision with fp32 master + Adam) plus activations per layer per micro-batch \
-            e·sb(6h + 2kv + 3i) + e·a·s²b and a 2BP stash of e·sb(10h + 2kv + 3i) \
-            (Korthikanti et al. 2022 adapted to LLaMa; e = --activation-bytes, default 2 for bf16).
+            else derived from the model: time = FLOPs of each stage's units / --flops-rate (default: this \
+            machine's measured 1-thread sgemm rate), memory = --bytes-per-parameter × parameters (16: fp32 \
+            weights, gradients, Adam m and v, or bf16 mixed precision with fp32 master + Adam) plus the \
+            family's activations and 2BP stash per sample, e bytes each (for LLaMa per layer \
+            e·sb(6h + 2kv + 3i) + e·a·s²b and e·sb(10h + 2kv + 3i), Korthikanti et al. 2022 adapted; \
+            e = --activation-bytes, default 2 for bf16).
             """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -97,7 +99,7 @@ struct PlanCommand: ParsableCommand {
                              modelOptions.model, stages, rate, BLAS.coreName))
             }
             let analytic = AnalyticCostSettings(flopsRate: rate, bandwidth: bandwidth, latency: latency, microBatchSize: microBatchSize,
-                                                sequenceLength: sequenceLength, activationElementBytes: activationBytes,
+                                                sampleLength: sequenceLength, activationElementBytes: activationBytes,
                                                 staticBytesPerParameter: bytesPerParameter, concatenationEfficiency: efficiency)
             print("sequence length \(sequenceLength), micro-batch \(microBatchSize), \(activationBytes)-byte activations, \(bytesPerParameter) bytes/parameter, "
                 + (bandwidth.map { String(format: "link %.3g B/s", $0) } ?? "free communication")

@@ -1,10 +1,12 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
 import Models
 import Schedules
 import Tensor
 import Training
-
 /// `twobp profile`: a cost model measured on the real model on this machine.
 struct ProfileCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -71,10 +73,10 @@ struct ProfileCommand: ParsableCommand {
         }
         BLAS.setThreads(1)
         let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
-                                                        batchSize: batch, sequenceLength: sequenceLength,
+                                                        batchSize: batch, sampleLength: sequenceLength,
                                                         repeats: repeats, seed: modelOptions.seed))
         print("\(modelOptions.model): \(result.stages.count) virtual stages of \(request.kind) on \(stages) ranks, "
-            + "micro-batch \(result.microBatchSize) × \(sequenceLength) tokens, M = \(result.microBatches), "
+            + "micro-batch \(result.microBatchSize) × \(sequenceLength), M = \(result.microBatches), "
             + "OpenBLAS \(result.blasCore), 1 thread, median of \(repeats)")
         for stage in result.stages {
             let table = stage.concatenated.sorted { $0.key < $1.key }
@@ -92,13 +94,13 @@ struct ProfileCommand: ParsableCommand {
         if compare { try runComparison(config: config, sequenceLength: sequenceLength, batch: batch, costs: result.costs) }
     }
 
-    private func runComparison(config: LlamaConfig, sequenceLength: Int, batch: Int, costs: CostModel) throws {
+    private func runComparison(config: any ModelConfig, sequenceLength: Int, batch: Int, costs: CostModel) throws {
         var panels: [TimelinePanel] = []
         var results: [ProfilerComparison.Result] = []
         let kind = try ScheduleKind(name: schedule)
         for twoBP in [false, true] {
             let request = ScheduleRequest(kind: kind, ranks: stages, microBatches: microBatches, twoBP: twoBP, chunksPerRank: chunks)
-            let result = try ProfilerComparison.run(model: config, request: request, batchSize: batch, sequenceLength: sequenceLength,
+            let result = try ProfilerComparison.run(model: config, request: request, batchSize: batch, sampleLength: sequenceLength,
                                                     costs: costs, steps: steps, seed: modelOptions.seed)
             results.append(result)
             let stepList = result.measuredStepTimes.map { String(format: "%.2f", $0 * 1e3) }.joined(separator: " ")

@@ -1,14 +1,17 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
+import Models
 import Pipeline
 import Schedules
 import Tensor
 import Training
-
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a LLaMa-like model on a text file, on one device or as a pipeline.",
+        abstract: "Train a model on its data, on one device or as a pipeline.",
         discussion: """
             With --stages S the model is split into S stages that run concurrently (threads of this \
             process, or MPI ranks with --transport mpi under mpirun) following --schedule; --2bp splits \
@@ -77,10 +80,10 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (config, sequenceLength) = try modelOptions.resolve()
+        let (config, sampleLength) = try modelOptions.resolve()
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
-            batchSize: batchSize, sequenceLength: sequenceLength, learningRate: lr,
+            batchSize: batchSize, sampleLength: sampleLength, learningRate: lr,
             warmupSteps: warmup ?? min(100, steps / 10), seed: modelOptions.seed, evaluateEvery: evalEvery,
             validationBatches: evalBatches, pipeline: try pipeline.request())
         settings.modelName = modelOptions.model

@@ -1,10 +1,12 @@
 import ArgumentParser
+import Benchmarks
+import Checkpoints
+import Data
 import Foundation
 import Models
 import Pipeline
 import Tensor
 import Training
-
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
@@ -36,20 +38,19 @@ struct VerifyCommand: ParsableCommand {
     }
 
     func run() throws {
-        var (config, sequenceLength) = try modelOptions.resolve()
-        if modelOptions.sequenceLength == nil { sequenceLength = min(sequenceLength, 32) }
+        var (config, sampleLength) = try modelOptions.resolve()
+        if modelOptions.sequenceLength == nil { sampleLength = min(sampleLength, 32) }
         let request = try pipeline.request()
         let microBatches = try request.resolved().microBatches
         let size = batchSize ?? microBatches
-        let batch: TokenBatch
+        let batch: any MicroBatch
         if let data {
-            let corpus = try TextCorpus(contentsOf: URL(fileURLWithPath: data), sequenceLength: sequenceLength)
-            batch = corpus.trainingBatch(step: 0, batchSize: size, seed: modelOptions.seed)
+            let source = try DataSources.open(URL(fileURLWithPath: data), for: config, sampleLength: sampleLength)
+            batch = source.trainingBatch(step: 0, batchSize: size, seed: modelOptions.seed)
         } else {
-            batch = PipelineVerification.randomBatch(vocabularySize: config.vocabSize, batchSize: size,
-                                                     sequenceLength: sequenceLength, seed: modelOptions.seed)
+            batch = config.randomBatch(samples: size, sampleLength: sampleLength, seed: modelOptions.seed)
         }
-        _ = try PipelinePlan(request: request, unitCosts: config.unitCosts(sequenceLength: sequenceLength))
+        _ = try PipelinePlan(request: request, model: config, sampleLength: sampleLength)
         BLAS.setThreads(1)
         let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)

@@ -44,7 +44,7 @@ final class CommandLineErrorTests: XCTestCase {
         try assertOneLineError(["train", "--data", folder.appendingPathComponent("missing.txt").path], contains: "not found")
         try assertOneLineError(["train", "--data", empty.path], contains: "is empty")
         try assertOneLineError(["train", "--data", text.path, "--seq-len", "65"], contains: "sequence length 65 exceeds max_position_embeddings 64")
-        try assertOneLineError(["train", "--data", text.path, "--stages", "5"], contains: "5 pipeline stages need at least 5 transformer layers")
+        try assertOneLineError(["train", "--data", text.path, "--stages", "5"], contains: "5 pipeline stages need at least 5 blocks")
         try assertOneLineError(["train", "--data", text.path, "--schedule", "2f2b"], contains: "unknown schedule '2f2b'")
         try assertOneLineError(["train", "--data", text.path, "--resume", folder.path], contains: "holds no complete checkpoint")
         try assertOneLineError(["verify", "--stages", "2", "--schedule", "interleaved", "--micro-batches", "3"],

@@ -1,6 +1,7 @@
 import Foundation
 @testable import Pipeline
 import XCTest
+import Benchmarks
 
 /// Runs `twobp-mpi-check` (built next to this test bundle) under `mpirun`.
 ///

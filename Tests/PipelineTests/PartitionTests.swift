@@ -15,7 +15,7 @@ final class PartitionTests: XCTestCase {
 
     func testMoreStagesThanBlocksIsAClearError() {
         XCTAssertThrowsError(try Partition.balanced(unitCosts: [0, 1, 1, 0], stages: 3)) { error in
-            XCTAssertEqual("\(error)", "3 pipeline stages need at least 3 transformer layers; the model has 2")
+            XCTAssertEqual("\(error)", "3 pipeline stages need at least 3 blocks; the model has 2")
         }
     }
 }

@@ -21,7 +21,10 @@ final class FaultyChunk: ModelChunk {
     var isFirst: Bool { wrapped.isFirst }
     var isLast: Bool { wrapped.isLast }
 
-    func forward(_ input: Tensor?, batch: TokenBatch, microBatch: Int) throws -> ChunkOutput {
+    func inputShape(for batch: any MicroBatch) throws -> [Int]? { try wrapped.inputShape(for: batch) }
+    func outputShape(for batch: any MicroBatch) throws -> [Int]? { try wrapped.outputShape(for: batch) }
+
+    func forward(_ input: Tensor?, batch: any MicroBatch, microBatch: Int) throws -> ChunkOutput {
         if microBatch == failingMicroBatch { throw TwoBPError("injected fault in forward of micro-batch \(microBatch)") }
         return try wrapped.forward(input, batch: batch, microBatch: microBatch)
     }
@@ -33,6 +36,10 @@ final class FaultyChunk: ModelChunk {
     func backwardWeight(_ work: WeightGradientWork) throws {
         try wrapped.backwardWeight(work)
     }
+
+    func evaluate(_ input: Tensor?, batch: any MicroBatch) throws -> ChunkOutput {
+        try wrapped.evaluate(input, batch: batch)
+    }
 }
 
 final class StageFailureTests: XCTestCase {
@@ -40,17 +47,17 @@ final class StageFailureTests: XCTestCase {
         let model = PipelineEquivalenceTests.model
         for failingRank in 0..<4 {
             let plan = try PipelinePlan(request: ScheduleRequest(kind: .oneFOneB2, ranks: 4, twoBP: true),
-                                        unitCosts: model.unitCosts(sequenceLength: 4))
-            let batch = PipelineVerification.randomBatch(vocabularySize: model.vocabSize, batchSize: 8, sequenceLength: 4, seed: 5)
+                                        unitCosts: model.unitCosts(sampleLength: 4).map(\.forward))
+            let batch = TokenBatch.random(vocabularySize: model.vocabSize, batchSize: 8, sequenceLength: 4, seed: 5)
             let started = Date()
             XCTAssertThrowsError(try RankThreads.run(transports: ThreadTransport.group(ranks: 4, receiveTimeout: 60)) { transport in
                 let rank = transport.rank
                 let chunks: [ModelChunk] = try plan.unitRanges(rank: rank).map { units in
                     let chunk = try LlamaChunk(config: model, units: units, seed: 1)
-                    return rank == failingRank ? FaultyChunk(chunk, failingAt: 3) : chunk
+                    return rank == failingRank ? FaultyChunk(chunk, failingAt: 3) : chunk as ModelChunk
                 }
                 let runner = StageRunner(rank: rank, schedule: plan.schedule, chunks: chunks, transport: transport,
-                                         hiddenSize: model.hiddenSize, meter: MemoryMeter(name: "rank \(rank)"))
+                                         meter: MemoryMeter(name: "rank \(rank)"))
                 return try runner.runStep(microBatches: batch.split(into: 8), clockOrigin: DispatchTime.now().uptimeNanoseconds).loss
             }) { error in
                 XCTAssertEqual("\(error)", "stage \(failingRank) failed: injected fault in forward of micro-batch 3")

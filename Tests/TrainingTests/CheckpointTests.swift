@@ -3,6 +3,7 @@ import Layers
 import Tensor
 @testable import Training
 import XCTest
+@testable import Checkpoints
 
 final class CheckpointTests: XCTestCase {
     let config = Data(#"{"hidden_size":8,"num_hidden_layers":2}"#.utf8)
@@ -27,7 +28,7 @@ final class CheckpointTests: XCTestCase {
     }
 
     func state(step: Int) throws -> TrainerState {
-        try TrainerState(step: step, seed: 1234, batchSize: 4, sequenceLength: 16, dataFingerprint: "2000-00ff",
+        try TrainerState(step: step, seed: 1234, batchSize: 4, sampleLength: 16, dataFingerprint: "2000-00ff",
                          tokensSeen: step * 64,
                          schedule: LearningRateSchedule(maxLearningRate: 3e-4, warmupSteps: 2, totalSteps: 100),
                          lossHistory: (0..<step).map { 5.5 - Double($0) * 0.1 } + (step > 2 ? [.nan] : []),
@@ -47,9 +48,9 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(loaded.folder.lastPathComponent, "step-3")
         XCTAssertEqual(loaded.config, config)
         let expected = try state(step: 3)
-        XCTAssertEqual(loaded.state.lossHistory.count, expected.lossHistory.count)
-        XCTAssertTrue(loaded.state.lossHistory.last!.isNaN, "NaN losses survive the JSON")
-        var comparable = loaded.state
+        XCTAssertEqual(try loaded.trainerState.lossHistory.count, expected.lossHistory.count)
+        XCTAssertTrue(try loaded.trainerState.lossHistory.last!.isNaN, "NaN losses survive the JSON")
+        var comparable = try loaded.trainerState
         comparable.lossHistory = expected.lossHistory
         XCTAssertEqual(comparable.lossHistory.dropLast(), expected.lossHistory.dropLast())
         XCTAssertEqual(comparable.seed, 1234)
@@ -66,10 +67,10 @@ final class CheckpointTests: XCTestCase {
             XCTAssertEqual(b.secondMoments.toArray(), a.secondMoments.toArray())
         }
         // trainer_state.json is readable JSON with the documented keys.
-        let json = try JSONValue.parse(Data(contentsOf: saved.appendingPathComponent("trainer_state.json")))
-        XCTAssertEqual(json["step"], 3)
-        XCTAssertEqual(json["data_fingerprint"], "2000-00ff")
-        XCTAssertEqual(json["schedule"]?["warmup_steps"], 2)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: saved.appendingPathComponent("trainer_state.json"))) as? [String: Any])
+        XCTAssertEqual(json["step"] as? Int, 3)
+        XCTAssertEqual(json["data_fingerprint"] as? String, "2000-00ff")
+        XCTAssertEqual((json["schedule"] as? [String: Any])?["warmup_steps"] as? Int, 2)
     }
 
     func testShardPerStageWritesHuggingFaceShards() throws {
@@ -95,7 +96,7 @@ final class CheckpointTests: XCTestCase {
         try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true)
         try Data([1, 2, 3]).write(to: partial.appendingPathComponent("model.safetensors"))
         XCTAssertEqual(try Checkpoint.latest(in: dir)?.lastPathComponent, "step-1")
-        XCTAssertEqual(try Checkpoint.load(from: dir).state.step, 1)
+        XCTAssertEqual(try Checkpoint.load(from: dir).step, 1)
 
         // The next save cleans the leftover up.
         try Checkpoint.save(in: dir, optimizers: makeStages(steps: 3), config: config, state: state(step: 3))
@@ -188,9 +189,9 @@ final class CheckpointTests: XCTestCase {
 
     func testTrainerStateResumeCheck() throws {
         let saved = try state(step: 4)
-        XCTAssertNoThrow(try saved.checkResumable(seed: 1234, batchSize: 4, sequenceLength: 16, dataFingerprint: "2000-00ff"))
+        XCTAssertNoThrow(try saved.checkResumable(seed: 1234, batchSize: 4, sampleLength: 16, dataFingerprint: "2000-00ff"))
         assertTwoBPError("seed 1 vs 1234", "batch size 8 vs 4") {
-            try saved.checkResumable(seed: 1, batchSize: 8, sequenceLength: 16, dataFingerprint: "2000-00ff")
+            try saved.checkResumable(seed: 1, batchSize: 8, sampleLength: 16, dataFingerprint: "2000-00ff")
         }
         var future = saved
         future.formatVersion = 99

@@ -2,6 +2,7 @@ import Foundation
 import Tensor
 @testable import Training
 import XCTest
+@testable import Data
 
 final class ByteTokenizerTests: XCTestCase {
     func testRoundTripAndLossyDecode() {
@@ -30,13 +31,13 @@ final class TextCorpusTests: XCTestCase {
 
     func testTrainingBatchIsAPureFunctionOfSeedAndStep() throws {
         let corpus = try TextCorpus(bytes: text, sequenceLength: 16)
-        let late = corpus.trainingBatch(step: 7, batchSize: 4, seed: 42)
-        for step in 0..<7 { _ = corpus.trainingBatch(step: step, batchSize: 4, seed: 42) }
-        let again = try TextCorpus(bytes: text, sequenceLength: 16).trainingBatch(step: 7, batchSize: 4, seed: 42)
+        let late = corpus.trainingTokens(step: 7, batchSize: 4, seed: 42)
+        for step in 0..<7 { _ = corpus.trainingTokens(step: step, batchSize: 4, seed: 42) }
+        let again = try TextCorpus(bytes: text, sequenceLength: 16).trainingTokens(step: 7, batchSize: 4, seed: 42)
         XCTAssertEqual(again.tokens, late.tokens, "same (seed, step) gives the same batch, whatever came before")
         XCTAssertEqual(again.targets, late.targets)
-        XCTAssertNotEqual(corpus.trainingBatch(step: 8, batchSize: 4, seed: 42).tokens, late.tokens)
-        XCTAssertNotEqual(corpus.trainingBatch(step: 7, batchSize: 4, seed: 43).tokens, late.tokens)
+        XCTAssertNotEqual(corpus.trainingTokens(step: 8, batchSize: 4, seed: 42).tokens, late.tokens)
+        XCTAssertNotEqual(corpus.trainingTokens(step: 7, batchSize: 4, seed: 43).tokens, late.tokens)
         // Fixed values (computed independently in Python from the documented SplitMix64
         // mixing): changing the sampling function would break resuming saved runs.
         XCTAssertEqual(corpus.trainingWindowStarts(step: 0, batchSize: 3, seed: 1), [507, 1230, 1089])
@@ -53,7 +54,7 @@ final class TextCorpusTests: XCTestCase {
             XCTAssertTrue(starts.allSatisfy { $0 >= 0 && $0 + 17 <= 1900 }, "window outside the training part at step \(step)")
         }
         XCTAssertGreaterThan(maxStart, 1800, "windows reach the end of the training part")
-        let batch = corpus.trainingBatch(step: 3, batchSize: 2, seed: 5)
+        let batch = corpus.trainingTokens(step: 3, batchSize: 2, seed: 5)
         let starts = corpus.trainingWindowStarts(step: 3, batchSize: 2, seed: 5)
         XCTAssertEqual(batch.batchSize, 2)
         XCTAssertEqual(batch.sequenceLength, 16)
@@ -67,9 +68,9 @@ final class TextCorpusTests: XCTestCase {
     func testValidationBatchesAreSequentialFixedAndInTheTail() throws {
         let corpus = try TextCorpus(bytes: text, sequenceLength: 16)
         XCTAssertEqual(corpus.validationWindowCount, 6, "(100 − 1) / 16 windows of 17 bytes")
-        let batches = try corpus.validationBatches(batchSize: 2)
+        let batches = try corpus.validationTokens(batchSize: 2)
         XCTAssertEqual(batches.count, 3)
-        XCTAssertEqual(batches.map(\.tokens), try corpus.validationBatches(batchSize: 2).map(\.tokens))
+        XCTAssertEqual(batches.map(\.tokens), try corpus.validationTokens(batchSize: 2).map(\.tokens))
         for (b, batch) in batches.enumerated() {
             for row in 0..<2 {
                 let start = 1900 + (b * 2 + row) * 16
@@ -77,9 +78,9 @@ final class TextCorpusTests: XCTestCase {
                 XCTAssertEqual(batch.targets[row * 16 + 15], Int32(text[start + 16]))
             }
         }
-        XCTAssertEqual(try corpus.validationBatches(batchSize: 4).count, 1, "the partial batch is dropped")
-        XCTAssertEqual(try corpus.validationBatches(batchSize: 1, limit: 2).count, 2)
-        assertTwoBPError("holds 6 windows of 17 bytes, fewer than one batch of 7") { try corpus.validationBatches(batchSize: 7) }
+        XCTAssertEqual(try corpus.validationTokens(batchSize: 4).count, 1, "the partial batch is dropped")
+        XCTAssertEqual(try corpus.validationTokens(batchSize: 1, limit: 2).count, 2)
+        assertTwoBPError("holds 6 windows of 17 bytes, fewer than one batch of 7") { try corpus.validationTokens(batchSize: 7) }
     }
 
     func testFileErrors() throws {
@@ -111,7 +112,7 @@ final class TextCorpusTests: XCTestCase {
                                 "no shakespeare.txt: run scripts/setup-data.sh")
         let corpus = try TextCorpus(contentsOf: url, sequenceLength: 256)
         XCTAssertGreaterThan(corpus.bytes.count, 1_000_000)
-        let batch = corpus.trainingBatch(step: 0, batchSize: 2, seed: 1)
+        let batch = corpus.trainingTokens(step: 0, batchSize: 2, seed: 1)
         XCTAssertTrue(batch.tokens.allSatisfy { $0 >= 0 && $0 < 128 }, "plain ASCII text")
     }
 }

@@ -3,6 +3,7 @@ import Models
 import Tensor
 import Training
 import XCTest
+import Checkpoints
 
 /// A LLaMa small enough for debug-build tests: 2 layers of width 16, the byte vocabulary, and
 /// `maxPositions` positions. A wide initialisation makes its next-byte distributions far from
@@ -28,9 +29,9 @@ func firstArgmax(_ values: [Float]) -> Int {
 }
 
 /// Logits [vocabularySize] of the position `position` of `tokens` (one sequence), read from `model.logits`.
-func logitsRow(_ model: LlamaModel, tokens: [Int32], position: Int) throws -> [Float] {
+func logitsRow(_ model: CausalLanguageModel, tokens: [Int32], position: Int) throws -> [Float] {
     let logits = try model.logits(tokens: tokens, batchSize: 1, sequenceLength: tokens.count)
-    let vocabulary = model.config.vocabSize
+    let vocabulary = model.vocabularySize
     XCTAssertEqual(logits.shape, [1, tokens.count, vocabulary])
     return Array(logits.toArray()[(position * vocabulary)..<((position + 1) * vocabulary)])
 }

@@ -3,6 +3,7 @@ import Models
 import Tensor
 import Training
 import XCTest
+import Checkpoints
 
 /// A checkpoint's weights, read by their Hugging Face names by an independent numpy
 /// implementation of LlamaForCausalLM (scripts/hf_llama_reference.py), give TwoBP's logits.

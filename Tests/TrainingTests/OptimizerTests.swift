@@ -3,6 +3,7 @@ import Layers
 import Tensor
 @testable import Training
 import XCTest
+@testable import Checkpoints
 
 final class AdamWTests: XCTestCase {
     /// A matrix (decayed) and a vector (not decayed) with fixed starting values.

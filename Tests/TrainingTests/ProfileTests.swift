@@ -4,6 +4,7 @@ import Schedules
 import Tensor
 import XCTest
 @testable import Training
+@testable import Benchmarks
 
 final class ProfileTests: XCTestCase {
     private let tiny = LlamaConfig.named.first { $0.name == "llama-tiny" }!.config
@@ -11,7 +12,7 @@ final class ProfileTests: XCTestCase {
     func testProfileWritesACostModelWithPositiveTimesForEveryStage() throws {
         let request = ScheduleRequest(kind: .oneFOneB1, ranks: 2)
         let result = try Profiler.run(Profiler.Settings(model: tiny, modelName: "llama-tiny", request: request,
-                                                        batchSize: 4, sequenceLength: 8, repeats: 1))
+                                                        batchSize: 4, sampleLength: 8, repeats: 1))
         let costs = try CostModel(json: result.jsonData())
         XCTAssertEqual(costs.stages.count, 2)
         XCTAssertEqual(result.microBatches, 2)
@@ -45,7 +46,7 @@ final class ProfileTests: XCTestCase {
     func testComparisonRunsTheSameScheduleMeasuredAndSimulated() throws {
         let request = ScheduleRequest(kind: .oneFOneB1, ranks: 2, twoBP: true)
         let costs = CostModel.uniform(forward: 1e-3, backwardInput: 1e-3, backwardWeight: 1e-3)
-        let result = try ProfilerComparison.run(model: tiny, request: request, batchSize: 2, sequenceLength: 8,
+        let result = try ProfilerComparison.run(model: tiny, request: request, batchSize: 2, sampleLength: 8,
                                                 costs: costs, steps: 1)
         XCTAssertEqual(result.schedule, "1f1b-1+2bp")
         XCTAssertGreaterThan(result.measuredStepTime, 0)
@@ -58,16 +59,16 @@ final class ProfileTests: XCTestCase {
 
     func testAnalyticCostsCountEveryParameterOnceAndFollowTheFormulas() throws {
         let sevenB = try LlamaConfig.resolve("llama-7b")
-        XCTAssertEqual(AnalyticCosts.unitParameters(sevenB).reduce(0, +), sevenB.parameterCount)
-        let settings = AnalyticCostSettings(flopsRate: 1e12, microBatchSize: 1, sequenceLength: 1024)
+        let settings = AnalyticCostSettings(flopsRate: 1e12, microBatchSize: 1, sampleLength: 1024)
         let costs = try AnalyticCosts.costModel(sevenB, settings: settings, virtualStages: 4)
         XCTAssertEqual(costs.stages.count, 4)
         XCTAssertEqual(costs.stages.reduce(0) { $0 + $1.staticBytes }, 16 * sevenB.parameterCount)
-        // e·sb·(6h + 2kv + 3i) + e·a·s²·b with e = 2, s = 1024, b = 1.
+        // Per layer e·sb·(6h + 2kv + 3i) + e·a·s²·b activations and e·sb·(10h + 2kv + 3i) stash, e = 2, s = 1024, b = 1.
         let (h, i, a, s) = (4096, 11008, 32, 1024)
-        XCTAssertEqual(AnalyticCosts.activationBytesPerLayer(sevenB, settings: settings), 2 * s * (6 * h + 2 * h + 3 * i) + 2 * a * s * s)
-        XCTAssertEqual(AnalyticCosts.stashBytesPerLayer(sevenB, settings: settings), 2 * s * (10 * h + 2 * h + 3 * i))
-        let flops = sevenB.unitFLOPs(sequenceLength: s).reduce(0.0) { $0 + $1.forward } * Double(s)
+        let layer = sevenB.unitCosts(sampleLength: s)[1]
+        XCTAssertEqual(2 * layer.activationElements, Double(2 * s * (6 * h + 2 * h + 3 * i) + 2 * a * s * s))
+        XCTAssertEqual(2 * layer.stashElements, Double(2 * s * (10 * h + 2 * h + 3 * i)))
+        let flops = sevenB.unitCosts(sampleLength: s).reduce(0.0) { $0 + $1.forward }
         XCTAssertEqual(costs.stages.reduce(0) { $0 + $1.forward }, flops / 1e12, accuracy: 1e-9)
         XCTAssertEqual(costs.messageBytes, 2 * s * h)
         // Twice the micro-batch: twice the time and activations, same static bytes.
@@ -75,6 +76,6 @@ final class ProfileTests: XCTestCase {
         XCTAssertEqual(doubled.stages[1].forward, 2 * costs.stages[1].forward, accuracy: 1e-12)
         XCTAssertEqual(doubled.stages[1].activationBytes, 2 * costs.stages[1].activationBytes)
         XCTAssertEqual(doubled.stages[1].staticBytes, costs.stages[1].staticBytes)
-        assertTwoBPError("40 stages") { try AnalyticCosts.costModel(sevenB, settings: settings, virtualStages: 40) }
+        assertTwoBPError("40 pipeline stages need at least 40 blocks") { try AnalyticCosts.costModel(sevenB, settings: settings, virtualStages: 40) }
     }
 }

@@ -1,7 +1,9 @@
 import Foundation
+import Layers
 import Tensor
 import Training
 import XCTest
+import Checkpoints
 
 /// TwoBP's safetensors against the reference implementation, both ways: Python's
 /// `safetensors` (installed by scripts/install-deps.sh) writes files for Swift to
@@ -13,6 +15,15 @@ final class SafeTensorsCrossCheckTests: XCTestCase {
         (name: "model.norm.weight", tensor: ramp([3], start: 1, step: 0.25)),
         (name: "lm_head.weight", tensor: ramp([5, 3], start: -2, step: 0.5)),
     ]
+
+    /// Mirrors SWIFT_BUFFERS: a float32 statistic and an int64 counter.
+    static let swiftBuffers: [Buffer] = {
+        let variance = Buffer(name: "bn1.running_var", shape: [2], dtype: .float32)
+        variance.floats.update(from: [1, 1.5])
+        let count = Buffer(name: "bn1.num_batches_tracked", shape: [], dtype: .int64)
+        count.integers[0] = 1 << 40 + 7
+        return [variance, count]
+    }()
 
     func testAgainstPythonSafetensors() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("twobp-crosscheck-\(UUID().uuidString)")
@@ -31,7 +42,11 @@ final class SafeTensorsCrossCheckTests: XCTestCase {
         XCTAssertEqual(try sharded.tensor("y.weight").toArray(), [10, 9, 8])
         XCTAssertEqual(try sharded.tensor("z.bias").toArray(), [7])
 
-        try SafeTensors.write(Self.swiftTensors, to: folder.appendingPathComponent("swift.safetensors"))
+        let counter = Buffer(name: "counter", shape: [], dtype: .int64)
+        try python.load(into: [], buffers: [counter])
+        XCTAssertEqual(counter.integers[0], -3, "Python's I64 scalar")
+
+        try SafeTensors.write(Self.swiftTensors, buffers: Self.swiftBuffers, to: folder.appendingPathComponent("swift.safetensors"))
         try SafeTensors.writeSharded([[Self.swiftTensors[0]], Array(Self.swiftTensors[1...])],
                                      to: folder.appendingPathComponent("swift-sharded"))
         try runCrossCheckScript("verify", folder)

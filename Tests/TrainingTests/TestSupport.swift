@@ -1,6 +1,7 @@
 import Foundation
 import Tensor
 import XCTest
+import Checkpoints
 
 /// A fresh temporary folder, removed when the test ends.
 func temporaryFolder(_ test: XCTestCase) throws -> URL {

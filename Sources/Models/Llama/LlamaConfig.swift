@@ -6,8 +6,8 @@ import Tensor
 ///
 /// The model is a sequence of pipeline units: unit 0 embeds tokens, units 1...L are the decoder
 /// layers and unit L + 1 is the head (final norm, lm_head, loss); `unitCosts` prices each so the
-/// pipeline can balance stages.
-public struct LlamaConfig: Codable, Equatable, Sendable {
+/// pipeline can balance stages. Samples are sequences; their length is in tokens.
+public struct LlamaConfig: ModelConfig, Codable, Equatable, Sendable {
     public var hiddenSize: Int
     public var intermediateSize: Int
     public var numHiddenLayers: Int
@@ -21,7 +21,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     public var ropeTheta: Double
     /// Standard deviation of the normal initialisation of every matrix and the embedding.
     public var initializerRange: Double
-    /// Must be false: the embedding and lm_head live on different pipeline stages.
+    /// Whether lm_head reads the token embedding's matrix (one tied parameter,
+    /// `model.embed_tokens.weight`, spanning the first and the last stage).
     public var tieWordEmbeddings: Bool
 
     public init(
@@ -50,6 +51,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     // MARK: Named configurations
 
     /// The configurations `resolve` knows by name, in the order help texts should list them.
+    public static let modelType = "llama"
+
     public static let named: [(name: String, config: LlamaConfig)] = [
         ("llama-tiny", LlamaConfig(hiddenSize: 64, intermediateSize: 172, numHiddenLayers: 4, numAttentionHeads: 4,
                                    vocabSize: 256, maxPositionEmbeddings: 64)),
@@ -60,35 +63,18 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
                                  vocabSize: 32000, maxPositionEmbeddings: 4096)),
     ]
 
-    /// A named configuration (`llama-tiny`, `llama-small`, `llama-7b`), or a Hugging Face `config.json`
-    /// given by its path or by the directory holding it; validated either way.
-    public static func resolve(_ nameOrPath: String) throws -> LlamaConfig {
-        if let entry = named.first(where: { $0.name == nameOrPath }) { return entry.config }
-        var isDirectory: ObjCBool = false
-        let exists = FileManager.default.fileExists(atPath: nameOrPath, isDirectory: &isDirectory)
-        guard exists || nameOrPath.contains("/") || nameOrPath.hasSuffix(".json") else {
-            throw TwoBPError("unknown model '\(nameOrPath)': expected one of \(named.map(\.name).joined(separator: ", ")) or the path of a Hugging Face config.json")
-        }
-        let path = isDirectory.boolValue ? (nameOrPath as NSString).appendingPathComponent("config.json") : nameOrPath
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw TwoBPError("cannot read model config \(path)")
-        }
-        return try parse(data, source: path)
+    /// Decodes a Hugging Face `config.json` (validated by the registry).
+    public static func decode(_ data: Data) throws -> LlamaConfig {
+        try JSONDecoder().decode(LlamaConfig.self, from: data)
     }
 
-    /// Decodes and validates a Hugging Face `config.json`; `source` names it in errors.
-    public static func parse(_ data: Data, source: String = "config.json") throws -> LlamaConfig {
-        do {
-            let config = try JSONDecoder().decode(LlamaConfig.self, from: data)
-            try config.validate()
-            return config
-        } catch let error as TwoBPError {
-            throw TwoBPError("\(source): \(error.message)")
-        } catch let error as DecodingError {
-            throw TwoBPError("\(source): \(describe(error))")
-        } catch {
-            throw TwoBPError("\(source): \(error)")
+    /// A named configuration or a `config.json` path that must be a LLaMa one.
+    public static func resolve(_ nameOrPath: String) throws -> LlamaConfig {
+        let config = try ModelRegistry.resolve(nameOrPath)
+        guard let llama = config as? LlamaConfig else {
+            throw TwoBPError("\(nameOrPath) is a \(type(of: config).modelType) model, not a llama one")
         }
+        return llama
     }
 
     /// Throws a `TwoBPError` naming the first field that TwoBP cannot build a model from.
@@ -117,72 +103,89 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         guard initializerRange >= 0, initializerRange.isFinite else {
             throw TwoBPError("initializer_range must be a non-negative number, got \(initializerRange)")
         }
-        guard !tieWordEmbeddings else {
-            throw TwoBPError("tie_word_embeddings = true is not supported: the embedding and lm_head sit on different pipeline stages, so they are separate weights")
-        }
     }
 
     /// Throws unless sequences of `length` tokens fit the RoPE tables.
     public func checkSequenceLength(_ length: Int) throws {
+        guard length >= 1 else { throw TwoBPError("sequence length must be at least 1, got \(length)") }
         guard length <= maxPositionEmbeddings else {
             throw TwoBPError("sequence length \(length) exceeds max_position_embeddings \(maxPositionEmbeddings)")
         }
     }
 
+    // MARK: ModelConfig
+
+    public var defaultSampleLength: Int { maxPositionEmbeddings }
+
+    public func checkSampleLength(_ length: Int) throws { try checkSequenceLength(length) }
+
+    public func activationShape(enteringUnit unit: Int, samples: Int, sampleLength: Int) -> [Int] {
+        [samples, sampleLength, hiddenSize]
+    }
+
+    /// The name lm_head's matrix is saved under: its own, or the embedding's when tied.
+    public var lmHeadWeightName: String { tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight" }
+
+    public var tiedParameters: [TiedParameter] {
+        tieWordEmbeddings ? [TiedParameter(name: lmHeadWeightName, units: [0, unitCount - 1])] : []
+    }
+
+    public var lossTerms: [String] { ["loss"] }
+
+    public var dataKind: DataKind { .causalText }
+
+    public func makeChunk(units: Range<Int>, seed: UInt64, shared: SharedParameters) throws -> ModelChunk {
+        try LlamaChunk(config: self, units: units, seed: seed, shared: shared)
+    }
+
+    public func randomBatch(samples: Int, sampleLength: Int, seed: UInt64) -> any MicroBatch {
+        TokenBatch.random(vocabularySize: vocabSize, batchSize: samples, sequenceLength: sampleLength, seed: seed)
+    }
+
     // MARK: Sizes and costs
 
-    /// Trainable values: embedding, per layer 2 norms + q/k/v/o + gate/up/down, final norm, lm_head.
+    /// Trainable values: embedding, per layer 2 norms + q/k/v/o + gate/up/down, final norm, lm_head
+    /// (the embedding's matrix once when tied).
     public var parameterCount: Int {
-        let keyValueSize = numKeyValueHeads * headDim
-        let attention = 2 * hiddenSize * hiddenSize + 2 * hiddenSize * keyValueSize
-        let layer = 2 * hiddenSize + attention + 3 * hiddenSize * intermediateSize
-        return 2 * vocabSize * hiddenSize + numHiddenLayers * layer + hiddenSize
+        let perUnit = unitCosts(sampleLength: 1).reduce(0) { $0 + $1.parameters }
+        return perUnit - (tieWordEmbeddings ? vocabSize * hiddenSize : 0)
     }
 
-    /// FLOPs per token of one pipeline unit's forward, p1 and p2.
-    public struct UnitFLOPs: Sendable, Equatable {
-        public var forward: Double
-        public var backwardInput: Double
-        public var backwardWeight: Double
-
-        public init(forward: Double, backwardInput: Double, backwardWeight: Double) {
-            self.forward = forward
-            self.backwardInput = backwardInput
-            self.backwardWeight = backwardWeight
-        }
-    }
-
-    /// FLOPs per token of each pipeline unit (`unitCount` entries) for sequences of `sequenceLength`,
-    /// counting 2 per multiply-add of the matrix products as executed: every weight costs one product
-    /// in forward, one in p1 (dx = dy W) and one in p2 (dW = dyᵀ x); the attention products run over
-    /// the full length × length square (masked after), two in forward (q kᵀ, P v) and four in p1
-    /// (dP, dv, dq, dk), none in p2. Element-wise work is left out, except that the embedding's
-    /// gather (forward) and scatter-add (p2) are priced at `hiddenSize` so no unit is free.
-    public func unitFLOPs(sequenceLength: Int) -> [UnitFLOPs] {
-        let (d, kv) = (Double(hiddenSize), Double(numKeyValueHeads * headDim))
-        let weights = 2 * (2 * d * d + 2 * d * kv) + 6 * d * Double(intermediateSize)  // q, k, v, o; gate, up, down
-        let attention = 4 * Double(sequenceLength) * d
-        let embedding = UnitFLOPs(forward: d, backwardInput: 0, backwardWeight: d)
-        let block = UnitFLOPs(forward: weights + attention, backwardInput: weights + 2 * attention, backwardWeight: weights)
-        let lmHead = 2 * d * Double(vocabSize)
-        let head = UnitFLOPs(forward: lmHead, backwardInput: lmHead, backwardWeight: lmHead)
+    /// Per-sample cost of each pipeline unit (`unitCount` entries) for sequences of `sampleLength`.
+    ///
+    /// FLOPs count 2 per multiply-add of the matrix products as executed: every weight costs one
+    /// product in forward, one in p1 (dx = dy W) and one in p2 (dW = dyᵀ x); the attention products
+    /// run over the full length × length square (masked after), two in forward (q kᵀ, P v) and four
+    /// in p1 (dP, dv, dq, dk), none in p2. Element-wise work is left out, except that the
+    /// embedding's gather (forward) and scatter-add (p2) are priced at `hiddenSize` so no unit is free.
+    ///
+    /// Memory follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+    /// Transformer Models", section 4.1: 34·sbh + 5·as²b for GPT) adapted to LLaMa (RMSNorm, no
+    /// dropout, SwiGLU of width i, grouped KV of width kv), per token of a layer:
+    /// activations 6h + 2kv + 3i (the two norm inputs, the q/k/v input, q and k after RoPE, v, the
+    /// o_proj input, the MLP input, the gate and up outputs, the down input) plus a·s softmax
+    /// probabilities; the 2BP stash (each weight's input and output gradient, each norm's input and
+    /// output gradient) 10h + 2kv + 3i. The head keeps its norm and lm_head inputs (2h) and the
+    /// vocabulary's probabilities (V), and stashes 3h + V; the embedding stashes its output gradient (h).
+    public func unitCosts(sampleLength: Int) -> [UnitCost] {
+        let s = Double(sampleLength)
+        let (h, i, v) = (hiddenSize, intermediateSize, vocabSize)
+        let kv = numKeyValueHeads * headDim
+        let (d, dkv) = (Double(h), Double(kv))
+        let weights = 2 * (2 * d * d + 2 * d * dkv) + 6 * d * Double(i)  // q, k, v, o; gate, up, down
+        let attention = 4 * s * d
+        let layerParameters = 2 * h + 2 * h * h + 2 * h * kv + 3 * h * i
+        let embedding = UnitCost(forward: s * d, backwardInput: 0, backwardWeight: s * d, parameters: v * h,
+                                 activationElements: 0, stashElements: s * d)
+        let block = UnitCost(
+            forward: s * (weights + attention), backwardInput: s * (weights + 2 * attention), backwardWeight: s * weights,
+            parameters: layerParameters,
+            activationElements: s * Double(6 * h + 2 * kv + 3 * i) + Double(numAttentionHeads) * s * s,
+            stashElements: s * Double(10 * h + 2 * kv + 3 * i))
+        let lmHead = 2 * s * d * Double(v)
+        let head = UnitCost(forward: lmHead, backwardInput: lmHead, backwardWeight: lmHead, parameters: h + v * h,
+                            activationElements: s * Double(2 * h + v), stashElements: s * Double(3 * h + v))
         return [embedding] + Array(repeating: block, count: numHiddenLayers) + [head]
-    }
-
-    /// Forward FLOPs per token of each pipeline unit (see `unitFLOPs`), for balancing stages.
-    public func unitCosts(sequenceLength: Int) -> [Double] {
-        unitFLOPs(sequenceLength: sequenceLength).map(\.forward)
-    }
-
-    /// Forward FLOPs per token of the whole model.
-    public func forwardFLOPsPerToken(sequenceLength: Int) -> Double {
-        unitCosts(sequenceLength: sequenceLength).reduce(0, +)
-    }
-
-    /// Training FLOPs per token: forward + p1 + p2 of every unit, which is 3× the forward for every
-    /// unit but the embedding (whose p1 computes nothing).
-    public func trainingFLOPsPerToken(sequenceLength: Int) -> Double {
-        unitFLOPs(sequenceLength: sequenceLength).reduce(0) { $0 + $1.forward + $1.backwardInput + $1.backwardWeight }
     }
 
     // MARK: Hugging Face config.json
@@ -207,8 +210,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     /// Sizes are required; the rest take Hugging Face `LlamaConfig`'s defaults when absent
     /// (num_key_value_heads = num_attention_heads, max_position_embeddings 2048, rms_norm_eps 1e-6,
     /// rope_theta 10000, initializer_range 0.02, tie_word_embeddings false). Features this
-    /// implementation lacks (another model_type or activation, rope_scaling, biases, a head_dim
-    /// other than hidden_size / heads) are refused rather than ignored.
+    /// implementation lacks (another activation, rope_scaling, biases, a head_dim other than
+    /// hidden_size / heads) are refused rather than ignored.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         if let modelType = try c.decodeIfPresent(String.self, forKey: .modelType), modelType != "llama" {
@@ -223,18 +226,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         for key in [CodingKeys.attentionBias, .mlpBias] where try c.decodeIfPresent(Bool.self, forKey: key) == true {
             throw TwoBPError("\(key.rawValue) = true is not supported (projections have no bias)")
         }
-        /// JSON numbers that must be integers (64 and 64.0 are, 64.5 and "64" are not).
-        func integer(_ key: CodingKeys) throws -> Int? {
-            guard c.contains(key) else { return nil }
-            guard let value = try? c.decode(Double.self, forKey: key), value.rounded() == value, abs(value) < 0x1p53 else {
-                throw TwoBPError("field '\(key.rawValue)' must be an integer")
-            }
-            return Int(value)
-        }
-        func required(_ key: CodingKeys) throws -> Int {
-            guard let value = try integer(key) else { throw TwoBPError("missing field '\(key.rawValue)'") }
-            return value
-        }
+        func integer(_ key: CodingKeys) throws -> Int? { try ConfigDecoding.integer(c, key) }
+        func required(_ key: CodingKeys) throws -> Int { try ConfigDecoding.required(c, key) }
         self.init(
             hiddenSize: try required(.hiddenSize),
             intermediateSize: try required(.intermediateSize),
@@ -278,30 +271,6 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
 
     /// The `config.json` bytes: pretty-printed, keys sorted.
     public func jsonData() throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return try encoder.encode(self)
-    }
-
-    /// The `config.json` as a JSON object (for embedding in larger documents, e.g. run metadata).
-    public func jsonObject() -> [String: Any] {
-        // Encoding plain numbers, strings and booleans cannot fail.
-        (try? JSONSerialization.jsonObject(with: jsonData())) as? [String: Any] ?? [:]
-    }
-}
-
-private func describe(_ error: DecodingError) -> String {
-    func path(_ context: DecodingError.Context) -> String {
-        context.codingPath.map(\.stringValue).joined(separator: ".")
-    }
-    switch error {
-    case .keyNotFound(let key, _):
-        return "missing field '\(key.stringValue)'"
-    case .typeMismatch(let type, let context), .valueNotFound(let type, let context):
-        return "field '\(path(context))' must be \(type == Double.self ? "a number" : type == Bool.self ? "true or false" : "\(type)")"
-    case .dataCorrupted(let context):
-        return context.codingPath.isEmpty ? "not valid JSON (\(context.debugDescription))" : "field '\(path(context))': \(context.debugDescription)"
-    @unknown default:
-        return "\(error)"
+        try ConfigDecoding.encode(self)
     }
 }

@@ -10,11 +10,11 @@ import Darwin
 /// Small POSIX file helpers with TwoBPError messages: unbuffered writes that
 /// survive partial writes and EINTR, fsync of files and folders, and reads that
 /// say which file is missing.
-enum FileIO {
+public enum FileIO {
     /// Calls `body` with a sink writing a new file, then fsyncs it and renames it
     /// to `url`: readers see the old file or the complete new one, never a torn
     /// one, and a memory-mapped old file stays valid (it is never truncated).
-    static func writeDurably(_ url: URL, _ body: (FileSink) throws -> Void) throws {
+    public static func writeDurably(_ url: URL, _ body: (FileSink) throws -> Void) throws {
         let temporary = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".partial")
         let sink = try FileSink(url: temporary, append: false)
         do {
@@ -29,16 +29,16 @@ enum FileIO {
         }
     }
 
-    static func writeDurably(_ url: URL, bytes: [UInt8]) throws {
+    public static func writeDurably(_ url: URL, bytes: [UInt8]) throws {
         try writeDurably(url) { sink in try bytes.withUnsafeBytes { try sink.write($0) } }
     }
 
-    static func writeDurably(_ url: URL, text: String) throws {
+    public static func writeDurably(_ url: URL, text: String) throws {
         try writeDurably(url, bytes: Array(text.utf8))
     }
 
     /// Flushes a folder's entries (new files, renames) to disk.
-    static func syncDirectory(_ url: URL) throws {
+    public static func syncDirectory(_ url: URL) throws {
         let fd = open(url.path, O_RDONLY | O_DIRECTORY)
         guard fd >= 0 else { throw TwoBPError("cannot open folder \(url.path) to sync it: \(errnoText())") }
         defer { _ = close(fd) }
@@ -46,7 +46,7 @@ enum FileIO {
     }
 
     /// The whole file, memory-mapped where the platform allows.
-    static func read(_ url: URL, what: String = "file") throws -> Data {
+    public static func read(_ url: URL, what: String = "file") throws -> Data {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) else {
             throw TwoBPError("\(what) \(url.path) not found")
@@ -59,17 +59,21 @@ enum FileIO {
         }
     }
 
-    static func isDirectory(_ url: URL) -> Bool {
+    public static func exists(_ url: URL) -> Bool {
+        FileManager.default.fileExists(atPath: url.path)
+    }
+
+    public static func isDirectory(_ url: URL) -> Bool {
         var isDirectory: ObjCBool = false
         return FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) && isDirectory.boolValue
     }
 
-    static func isFile(_ url: URL) -> Bool {
+    public static func isFile(_ url: URL) -> Bool {
         var isDirectory: ObjCBool = false
         return FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) && !isDirectory.boolValue
     }
 
-    static func createDirectory(_ url: URL) throws {
+    public static func createDirectory(_ url: URL) throws {
         do {
             try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         } catch {
@@ -77,7 +81,7 @@ enum FileIO {
         }
     }
 
-    static func remove(_ url: URL) throws {
+    public static func remove(_ url: URL) throws {
         guard FileManager.default.fileExists(atPath: url.path) else { return }
         do {
             try FileManager.default.removeItem(at: url)
@@ -88,13 +92,13 @@ enum FileIO {
 
     /// Atomically renames `source` to `destination` (same file system); an existing
     /// empty folder or a file at `destination` is replaced.
-    static func rename(_ source: URL, to destination: URL) throws {
+    public static func rename(_ source: URL, to destination: URL) throws {
         guard Foundation.rename(source.path, destination.path) == 0 else {
             throw TwoBPError("cannot rename \(source.path) to \(destination.path): \(errnoText())")
         }
     }
 
-    static func errnoText() -> String {
+    public static func errnoText() -> String {
         String(cString: strerror(errno))
     }
 }
@@ -105,11 +109,11 @@ private func systemWrite(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int) -
 
 /// An open file written with raw `write(2)` calls: no buffering, so each call's
 /// bytes reach the kernel before it returns.
-final class FileSink {
-    let url: URL
+public final class FileSink {
+    public let url: URL
     private var fd: Int32
 
-    init(url: URL, append: Bool) throws {
+    public init(url: URL, append: Bool) throws {
         self.url = url
         let flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC)
         fd = open(url.path, flags, 0o644)
@@ -120,7 +124,7 @@ final class FileSink {
         if fd >= 0 { _ = systemClose(fd) }
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard var base = bytes.baseAddress else { return }
         var remaining = bytes.count
         while remaining > 0 {
@@ -134,16 +138,16 @@ final class FileSink {
         }
     }
 
-    func write(_ text: String) throws {
+    public func write(_ text: String) throws {
         var text = text
         try text.withUTF8 { try write(UnsafeRawBufferPointer($0)) }
     }
 
-    func sync() throws {
+    public func sync() throws {
         guard fsync(fd) == 0 else { throw TwoBPError("cannot sync \(url.path): \(FileIO.errnoText())") }
     }
 
-    func close() throws {
+    public func close() throws {
         guard fd >= 0 else { return }
         let result = systemClose(fd)
         fd = -1

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Layers
 import Tensor
@@ -9,9 +10,190 @@ import Tensor
 /// A tensor with its checkpoint name, e.g. `model.layers.0.self_attn.q_proj.weight`.
 public typealias NamedTensor = (name: String, tensor: Tensor)
 
-/// Element types the safetensors format defines. TwoBP writes `F32` and reads
-/// `F32`, `F16`, `BF16` and `F64` (converted to Float32); the others are known,
-/// so their sizes validate, but cannot be loaded as tensors.
+/// One tensor as a file stores it: name, dtype, shape and the raw little-endian bytes, borrowed
+/// from the Float32 `Tensor` or the `Buffer` that owns them (kept alive by `owner`).
+public struct StoredTensor {
+    public let name: String
+    public let dtype: SafeTensorsDType
+    public let shape: [Int]
+    public let bytes: UnsafeRawBufferPointer
+    private let owner: AnyObject
+
+    public init(_ named: NamedTensor) {
+        name = named.name
+        dtype = .f32
+        shape = named.tensor.shape
+        bytes = UnsafeRawBufferPointer(start: named.tensor.pointer, count: named.tensor.count * MemoryLayout<Float>.stride)
+        owner = named.tensor
+    }
+
+    public init(_ buffer: Buffer) {
+        name = buffer.name
+        dtype = buffer.dtype == .float32 ? .f32 : .i64
+        shape = buffer.shape
+        bytes = UnsafeRawBufferPointer(buffer.bytes)
+        owner = buffer
+    }
+
+    /// A record owning a copy of `bytes` (from a file read into memory).
+    init(name: String, dtype: SafeTensorsDType, shape: [Int], copying source: UnsafeRawBufferPointer) {
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: Swift.max(source.count, 1), alignment: 8)
+        storage.copyMemory(from: source)
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        bytes = UnsafeRawBufferPointer(rebasing: storage[0..<source.count])
+        owner = Allocation(storage)
+    }
+
+    /// Frees a copied record's bytes with the record.
+    private final class Allocation {
+        let storage: UnsafeMutableRawBufferPointer
+        init(_ storage: UnsafeMutableRawBufferPointer) { self.storage = storage }
+        deinit { storage.deallocate() }
+    }
+
+    /// Float32 tensors, then buffers.
+    public static func records(_ tensors: [NamedTensor], _ buffers: [Buffer]) -> [StoredTensor] {
+        tensors.map(StoredTensor.init) + buffers.map(StoredTensor.init)
+    }
+}
+
+/// A header entry as JSON spells it.
+struct HeaderEntry: Codable {
+    var dtype: String
+    var shape: [Int]
+    var dataOffsets: [Int]
+
+    enum CodingKeys: String, CodingKey {
+        case dtype, shape, dataOffsets = "data_offsets"
+    }
+}
+
+/// The header object: `__metadata__` (string values) beside one entry per tensor name.
+struct Header: Encodable {
+    var metadata: [String: String]
+    var entries: [String: HeaderEntry]
+
+    struct Key: CodingKey {
+        let stringValue: String
+        init(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: Key.self)
+        if !metadata.isEmpty { try container.encode(metadata, forKey: Key(stringValue: "__metadata__")) }
+        for (name, entry) in entries { try container.encode(entry, forKey: Key(stringValue: name)) }
+    }
+}
+
+/// The header as read, each entry checked against its own dtype and shape. Foundation's decoder
+/// keeps the last of two entries with the same name; the data-coverage check that follows then
+/// finds the bytes the dropped one claimed.
+struct ParsedHeader: Decodable {
+    var metadata: [String: String] = [:]
+    var entries: [SafeTensorsEntry] = []
+
+    init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: Header.Key.self)
+        for key in container.allKeys {
+            let name = key.stringValue
+            if name == "__metadata__" {
+                guard let items = try? container.decode([String: JSONScalar].self, forKey: key) else {
+                    throw TwoBPError("__metadata__ is not an object")
+                }
+                for (item, value) in items {
+                    guard case .string(let text) = value else { throw TwoBPError("__metadata__ value of '\(item)' is not a string") }
+                    metadata[item] = text
+                }
+                continue
+            }
+            guard let fields = try? container.nestedContainer(keyedBy: HeaderEntry.CodingKeys.self, forKey: key) else {
+                throw TwoBPError("entry '\(name)' is not an object")
+            }
+            entries.append(try ParsedHeader.entry(name: name, fields))
+        }
+    }
+
+    private static func entry(name: String, _ fields: KeyedDecodingContainer<HeaderEntry.CodingKeys>) throws -> SafeTensorsEntry {
+        guard let dtypeName = try? fields.decode(String.self, forKey: .dtype) else { throw TwoBPError("tensor '\(name)' has no dtype string") }
+        guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
+            throw TwoBPError("tensor '\(name)' has unknown dtype \(dtypeName)")
+        }
+        guard let dimensions = try? fields.decode([JSONScalar].self, forKey: .shape) else {
+            throw TwoBPError("tensor '\(name)' has no shape array")
+        }
+        var shape: [Int] = []
+        var elements = 1
+        for dimension in dimensions {
+            guard case .integer(let d) = dimension, d >= 0 else {
+                throw TwoBPError("tensor '\(name)' has an invalid dimension \(dimension) in its shape")
+            }
+            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw TwoBPError("tensor '\(name)' shape \(dimensions) is too large") }
+            shape.append(d)
+            elements = product
+        }
+        guard let offsets = try? fields.decode([JSONScalar].self, forKey: .dataOffsets), offsets.count == 2,
+              case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1], begin >= 0, begin <= end
+        else {
+            throw TwoBPError("tensor '\(name)' needs data_offsets [begin, end] with 0 <= begin <= end")
+        }
+        let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.byteSize)
+        guard !overflow, bytes == end - begin else {
+            throw TwoBPError("tensor '\(name)' data_offsets [\(begin), \(end)] hold \(end - begin) bytes, but shape \(shape) of \(dtype.rawValue) needs \(overflow ? "more" : String(bytes))")
+        }
+        return SafeTensorsEntry(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end)
+    }
+}
+
+/// A JSON value where the header wants a string or an integer: decoding it never fails, so the
+/// entry check can say what was wrong.
+enum JSONScalar: Decodable, CustomStringConvertible {
+    case integer(Int)
+    case string(String)
+    case other(String)
+
+    init(from decoder: Decoder) throws {
+        let value = try decoder.singleValueContainer()
+        if let integer = try? value.decode(Int.self) {
+            self = .integer(integer)
+        } else if let text = try? value.decode(String.self) {
+            self = .string(text)
+        } else if let number = try? value.decode(Double.self) {
+            self = .other(String(number))
+        } else {
+            self = .other("a non-scalar value")
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .integer(let value): String(value)
+        case .string(let text): "\"\(text)\""
+        case .other(let text): text
+        }
+    }
+}
+
+/// `<base>.safetensors.index.json`, Hugging Face's sharded form.
+struct ShardIndex: Codable {
+    struct Metadata: Codable {
+        var totalSize: Int
+        enum CodingKeys: String, CodingKey { case totalSize = "total_size" }
+    }
+    var metadata: Metadata?
+    var weightMap: [String: String]
+
+    enum CodingKeys: String, CodingKey { case metadata, weightMap = "weight_map" }
+}
+
+/// Element types the safetensors format defines. TwoBP writes `F32` (weights, optimizer state,
+/// float buffers) and `I64` (counters), reads `F32`, `F16`, `BF16` and `F64` into Float32
+/// tensors and `F32` or `I64` into buffers of that type; the others are known, so their sizes
+/// validate, but cannot be loaded.
 public enum SafeTensorsDType: String, CaseIterable, Sendable {
     case bool = "BOOL", u8 = "U8", i8 = "I8", f8e5m2 = "F8_E5M2", f8e4m3 = "F8_E4M3"
     case i16 = "I16", u16 = "U16", f16 = "F16", bf16 = "BF16"
@@ -63,48 +245,47 @@ public enum SafeTensors {
 
     // MARK: Writing
 
-    /// Writes `tensors` as F32 to `url` (fsynced before returning).
-    public static func write(_ tensors: [NamedTensor], to url: URL,
+    /// Writes `tensors` as F32 and `buffers` in their own dtypes to `url` (fsynced before returning).
+    public static func write(_ tensors: [NamedTensor], buffers: [Buffer] = [], to url: URL,
                              metadata: [String: String] = defaultMetadata) throws {
-        let header = try encodeHeader(tensors, metadata: metadata)
+        try write(StoredTensor.records(tensors, buffers), to: url, metadata: metadata)
+    }
+
+    /// Writes `records`, in order, to `url` (fsynced before returning).
+    public static func write(_ records: [StoredTensor], to url: URL, metadata: [String: String] = defaultMetadata) throws {
+        let header = try encodeHeader(records, metadata: metadata)
         try FileIO.writeDurably(url) { sink in
             try header.withUnsafeBytes { try sink.write($0) }
-            for (_, tensor) in tensors {
-                try sink.write(UnsafeRawBufferPointer(start: tensor.pointer, count: tensor.count * MemoryLayout<Float>.stride))
-            }
+            for record in records { try sink.write(record.bytes) }
         }
     }
 
-    /// The bytes of a safetensors file holding `tensors` as F32 (for sending a
-    /// stage's weights to another rank, or for tests).
-    public static func encode(_ tensors: [NamedTensor], metadata: [String: String] = defaultMetadata) throws -> [UInt8] {
-        var bytes = try encodeHeader(tensors, metadata: metadata)
-        for (_, tensor) in tensors {
-            bytes.append(contentsOf: UnsafeRawBufferPointer(start: tensor.pointer, count: tensor.count * MemoryLayout<Float>.stride))
-        }
+    /// The bytes of a safetensors file holding `tensors` (F32) and `buffers` (for sending a stage's
+    /// state to another rank, or for tests).
+    public static func encode(_ tensors: [NamedTensor], buffers: [Buffer] = [],
+                              metadata: [String: String] = defaultMetadata) throws -> [UInt8] {
+        let records = StoredTensor.records(tensors, buffers)
+        var bytes = try encodeHeader(records, metadata: metadata)
+        for record in records { bytes.append(contentsOf: record.bytes) }
         return bytes
     }
 
-    /// The 8-byte length and the space-padded JSON header for `tensors`, laid out in order.
-    static func encodeHeader(_ tensors: [NamedTensor], metadata: [String: String]) throws -> [UInt8] {
-        var pairs: [(key: String, value: JSONValue)] = []
-        if !metadata.isEmpty {
-            pairs.append((key: "__metadata__", value: .object(metadata.sorted { $0.key < $1.key }.map { (key: $0.key, value: .string($0.value)) })))
-        }
-        var seen = Set<String>()
+    /// The 8-byte length and the space-padded JSON header for `records`, laid out in order.
+    static func encodeHeader(_ records: [StoredTensor], metadata: [String: String]) throws -> [UInt8] {
+        var entries: [String: HeaderEntry] = [:]
         var offset = 0
-        for (name, tensor) in tensors {
-            guard name != "__metadata__" else { throw TwoBPError("a tensor cannot be named __metadata__") }
-            guard seen.insert(name).inserted else { throw TwoBPError("tensor name '\(name)' appears twice in one safetensors file") }
-            let size = tensor.count * MemoryLayout<Float>.stride
-            pairs.append((key: name, value: [
-                "dtype": .string(SafeTensorsDType.f32.rawValue),
-                "shape": .array(tensor.shape.map { .int($0) }),
-                "data_offsets": [.int(offset), .int(offset + size)],
-            ]))
-            offset += size
+        for record in records {
+            guard record.name != "__metadata__" else { throw TwoBPError("a tensor cannot be named __metadata__") }
+            guard entries[record.name] == nil else { throw TwoBPError("tensor name '\(record.name)' appears twice in one safetensors file") }
+            entries[record.name] = HeaderEntry(dtype: record.dtype.rawValue, shape: record.shape,
+                                               dataOffsets: [offset, offset + record.bytes.count])
+            offset += record.bytes.count
         }
-        var json = Array(JSONValue.object(pairs).encoded().utf8)
+        // Sorted keys: the same tensors always give the same bytes (the format does not order
+        // the header; the data follows `records`' order, which the offsets say).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var json = [UInt8](try encoder.encode(Header(metadata: metadata, entries: entries)))
         json.append(contentsOf: repeatElement(UInt8(ascii: " "), count: (8 - json.count % 8) % 8))
         var bytes: [UInt8] = []
         bytes.reserveCapacity(8 + json.count)
@@ -129,7 +310,7 @@ public enum SafeTensors {
     /// other form under the same base name is removed, so the loader cannot pick it.
     /// Returns the files written.
     @discardableResult
-    public static func writeSharded(_ shards: [[NamedTensor]], to directory: URL, baseName: String = "model",
+    public static func writeSharded(_ shards: [[StoredTensor]], to directory: URL, baseName: String = "model",
                                     metadata: [String: String] = defaultMetadata) throws -> [URL] {
         guard !shards.isEmpty else { throw TwoBPError("writeSharded needs at least one shard") }
         try FileIO.createDirectory(directory)
@@ -140,16 +321,13 @@ public enum SafeTensors {
             try write(shards[0], to: single, metadata: metadata)
             return [single]
         }
-        var files: [(file: String, tensors: [NamedTensor])] = []
         var written: [URL] = []
         for (i, shard) in shards.enumerated() {
-            let name = shardFileName(baseName: baseName, index: i, count: shards.count)
-            let url = directory.appendingPathComponent(name)
+            let url = directory.appendingPathComponent(shardFileName(baseName: baseName, index: i, count: shards.count))
             try write(shard, to: url, metadata: metadata)
-            files.append((name, shard))
             written.append(url)
         }
-        try writeIndex(files.map { file in (file.file, file.tensors.map { ($0.name, $0.tensor.count * MemoryLayout<Float>.stride) }) },
+        try writeIndex(zip(written, shards).map { url, shard in (url.lastPathComponent, shard.map { ($0.name, $0.bytes.count) }) },
                        to: directory, baseName: baseName)
         try FileIO.remove(single)
         return written + [index]
@@ -159,38 +337,37 @@ public enum SafeTensors {
     /// shard file, the names and data bytes of its tensors. A name in two shards is an error.
     public static func writeIndex(_ shards: [(file: String, tensors: [(name: String, bytes: Int)])], to directory: URL,
                                   baseName: String = "model") throws {
-        var weightMap: [(key: String, value: JSONValue)] = []
-        var seen = Set<String>()
+        var weightMap: [String: String] = [:]
         var totalSize = 0
         for shard in shards {
             for tensor in shard.tensors {
-                guard seen.insert(tensor.name).inserted else {
+                guard weightMap.updateValue(shard.file, forKey: tensor.name) == nil else {
                     throw TwoBPError("tensor name '\(tensor.name)' appears in two shards")
                 }
-                weightMap.append((key: tensor.name, value: .string(shard.file)))
                 totalSize += tensor.bytes
             }
         }
-        weightMap.sort { $0.key < $1.key }
-        let indexJSON: JSONValue = ["metadata": ["total_size": .int(totalSize)], "weight_map": .object(weightMap)]
-        try FileIO.writeDurably(directory.appendingPathComponent("\(baseName).safetensors.index.json"), text: indexJSON.prettyEncoded())
+        let index = ShardIndex(metadata: .init(totalSize: totalSize), weightMap: weightMap)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try FileIO.writeDurably(directory.appendingPathComponent("\(baseName).safetensors.index.json"),
+                                bytes: [UInt8](encoder.encode(index)) + [UInt8(ascii: "\n")])
     }
 
     /// Splits `tensors`, in order, into shards of at most `maxShardBytes` of data
     /// each (a larger tensor gets a shard of its own), as `save_pretrained` does.
-    public static func partition(_ tensors: [NamedTensor], maxShardBytes: Int) -> [[NamedTensor]] {
-        var shards: [[NamedTensor]] = []
-        var current: [NamedTensor] = []
+    public static func partition(_ tensors: [StoredTensor], maxShardBytes: Int) -> [[StoredTensor]] {
+        var shards: [[StoredTensor]] = []
+        var current: [StoredTensor] = []
         var currentBytes = 0
         for item in tensors {
-            let size = item.tensor.count * MemoryLayout<Float>.stride
-            if !current.isEmpty && currentBytes + size > maxShardBytes {
+            if !current.isEmpty && currentBytes + item.bytes.count > maxShardBytes {
                 shards.append(current)
                 current = []
                 currentBytes = 0
             }
             current.append(item)
-            currentBytes += size
+            currentBytes += item.bytes.count
         }
         if !current.isEmpty || shards.isEmpty { shards.append(current) }
         return shards
@@ -249,27 +426,17 @@ public struct SafeTensorsFile {
         self.dataStart = dataStart
         let headerBytes = bytes.withUnsafeBytes { Array($0[8..<dataStart]) }
         guard headerBytes.first == UInt8(ascii: "{") else { throw fail("header does not start with '{'") }
-        let header: JSONValue
+        guard String(validating: headerBytes, as: UTF8.self) != nil else { throw fail("header is not valid UTF-8") }
+        let header: ParsedHeader
         do {
-            header = try JSONValue.parse(headerBytes)
+            header = try JSONDecoder().decode(ParsedHeader.self, from: Data(headerBytes))
         } catch let error as TwoBPError {
-            throw fail("header is not valid JSON (\(error.message))")
+            throw fail(error.message)
+        } catch let error as DecodingError {
+            throw fail("header is not valid JSON (\(error.summary))")
         }
-        guard let pairs = header.objectValue else { throw fail("header is not a JSON object") }
-
-        var metadata: [String: String] = [:]
-        var entries: [SafeTensorsEntry] = []
-        for (name, value) in pairs {
-            if name == "__metadata__" {
-                guard let items = value.objectValue else { throw fail("__metadata__ is not an object") }
-                for (key, item) in items {
-                    guard let text = item.stringValue else { throw fail("__metadata__ value of '\(key)' is not a string") }
-                    metadata[key] = text
-                }
-                continue
-            }
-            entries.append(try SafeTensorsFile.entry(name: name, value: value, fail: fail))
-        }
+        let metadata = header.metadata
+        var entries = header.entries
 
         // Every byte of the data section belongs to exactly one tensor, in order.
         let dataSize = fileSize - dataStart
@@ -296,36 +463,6 @@ public struct SafeTensorsFile {
         self.metadata = metadata
         self.entries = entries
         entryIndex = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.name, $0) })
-    }
-
-    private static func entry(name: String, value: JSONValue, fail: (String) -> TwoBPError) throws -> SafeTensorsEntry {
-        guard value.objectValue != nil else { throw fail("entry '\(name)' is not an object") }
-        guard let dtypeName = value["dtype"]?.stringValue else { throw fail("tensor '\(name)' has no dtype string") }
-        guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
-            throw fail("tensor '\(name)' has unknown dtype \(dtypeName)")
-        }
-        guard let shapeValues = value["shape"]?.arrayValue else { throw fail("tensor '\(name)' has no shape array") }
-        var shape: [Int] = []
-        var elements = 1
-        for dimension in shapeValues {
-            guard let d = dimension.intValue, d >= 0 else {
-                throw fail("tensor '\(name)' has an invalid dimension \(dimension.encoded()) in its shape")
-            }
-            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
-            guard !overflow else { throw fail("tensor '\(name)' shape \(shapeValues.map { $0.encoded() }) is too large") }
-            shape.append(d)
-            elements = product
-        }
-        guard let offsets = value["data_offsets"]?.arrayValue, offsets.count == 2,
-              let begin = offsets[0].intValue, let end = offsets[1].intValue, begin >= 0, begin <= end
-        else {
-            throw fail("tensor '\(name)' needs data_offsets [begin, end] with 0 <= begin <= end")
-        }
-        let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.byteSize)
-        guard !overflow, bytes == end - begin else {
-            throw fail("tensor '\(name)' data_offsets [\(begin), \(end)] hold \(end - begin) bytes, but shape \(shape) of \(dtype.rawValue) needs \(overflow ? "more" : String(bytes))")
-        }
-        return SafeTensorsEntry(name: name, dtype: dtype, shape: shape, dataOffsets: begin..<end)
     }
 
     /// Tensor names in data order.
@@ -359,6 +496,30 @@ public struct SafeTensorsFile {
     /// Copies the tensor `name` into `destination`, whose shape must match the stored one.
     public func copy(_ name: String, into destination: Tensor) throws {
         copy(try loadableEntry(name, shape: destination.shape), into: destination.pointer)
+    }
+
+    /// Every tensor, in data order, as records owning copies of their bytes in their own dtypes
+    /// (to write what was gathered from other ranks into a checkpoint unchanged).
+    public func storedTensors() -> [StoredTensor] {
+        bytes.withUnsafeBytes { raw in
+            entries.map { entry in
+                StoredTensor(name: entry.name, dtype: entry.dtype, shape: entry.shape, copying: UnsafeRawBufferPointer(
+                    rebasing: raw[(dataStart + entry.dataOffsets.lowerBound)..<(dataStart + entry.dataOffsets.upperBound)]))
+            }
+        }
+    }
+
+    /// Copies the tensor named as `buffer` into it; shape and dtype must be the buffer's.
+    public func copy(into buffer: Buffer) throws {
+        guard let entry = entry(buffer.name) else { throw TwoBPError("safetensors file \(source): missing tensor '\(buffer.name)'") }
+        let dtype: SafeTensorsDType = buffer.dtype == .float32 ? .f32 : .i64
+        guard entry.shape == buffer.shape, entry.dtype == dtype else {
+            throw TwoBPError("safetensors file \(source): tensor '\(buffer.name)' is \(entry.dtype.rawValue) \(entry.shape), expected \(dtype.rawValue) \(buffer.shape)")
+        }
+        bytes.withUnsafeBytes { raw in
+            buffer.bytes.copyMemory(from: UnsafeRawBufferPointer(
+                rebasing: raw[(dataStart + entry.dataOffsets.lowerBound)..<(dataStart + entry.dataOffsets.upperBound)]))
+        }
     }
 
     /// Converts `entry`'s bytes (a loadable dtype) into `destination`.
@@ -439,19 +600,20 @@ public struct SafeTensorsArchive {
     /// `weight_map` must be in the shard it points to.
     public init(index url: URL) throws {
         func fail(_ what: String) -> TwoBPError { TwoBPError("safetensors index \(url.path): \(what)") }
-        let json: JSONValue
+        let index: ShardIndex
         do {
-            json = try JSONValue.parse(FileIO.read(url, what: "safetensors index"))
-        } catch let error as TwoBPError where error.message.hasPrefix("invalid JSON") {
-            throw fail("not valid JSON (\(error.message))")
+            index = try JSONDecoder().decode(ShardIndex.self, from: FileIO.read(url, what: "safetensors index"))
+        } catch let error as DecodingError {
+            if case .keyNotFound = error { throw fail("no \"weight_map\" object") }
+            if case .typeMismatch = error { throw fail("no \"weight_map\" object of tensor names and file names") }
+            throw fail("not valid JSON (\(error.summary))")
         }
-        guard let weightMap = json["weight_map"]?.objectValue else { throw fail("no \"weight_map\" object") }
+        let weightMap = index.weightMap.sorted { $0.key < $1.key }
         let folder = url.deletingLastPathComponent()
         var files: [SafeTensorsFile] = []
         var fileIndex: [String: Int] = [:]
         var location: [String: Int] = [:]
-        for (name, value) in weightMap {
-            guard let fileName = value.stringValue else { throw fail("weight_map entry '\(name)' is not a file name") }
+        for (name, fileName) in weightMap {
             guard !fileName.isEmpty, !fileName.contains("/"), fileName != "..", fileName != "." else {
                 throw fail("weight_map entry '\(name)' names '\(fileName)', which is not a file in the index's folder")
             }
@@ -498,11 +660,14 @@ public struct SafeTensorsArchive {
         try fileHolding(name).copy(name, into: destination)
     }
 
-    /// Fills each parameter's value from the tensor of the same name. The archive
-    /// may hold more (other stages' parameters); a missing one is an error.
-    public func load(into parameters: [Parameter]) throws {
+    /// Fills each parameter's value and each buffer from the tensor of the same name. The archive
+    /// may hold more (other stages' state); a missing one is an error.
+    public func load(into parameters: [Parameter], buffers: [Buffer] = []) throws {
         for parameter in parameters {
             try copy(parameter.name, into: parameter.value)
+        }
+        for buffer in buffers {
+            try fileHolding(buffer.name).copy(into: buffer)
         }
     }
 

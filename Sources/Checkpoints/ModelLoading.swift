@@ -1,8 +1,9 @@
+import Files
 import Foundation
 import Models
 import Tensor
 
-/// Loading a trained LLaMa model for inference (`twobp generate`, `twobp eval`).
+/// Loading a trained model of any family for inference (`twobp generate`, `twobp eval`).
 ///
 /// Inference needs only `config.json` and the weights (`model.safetensors`, or the sharded
 /// `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`), so `resolveFolder`
@@ -17,8 +18,9 @@ public enum ModelLoading {
     public struct Loaded {
         /// The folder the weights and `config.json` were read from.
         public let folder: URL
-        public let config: LlamaConfig
-        public let model: LlamaModel
+        public let config: any ModelConfig
+        /// The whole model as one chunk.
+        public let model: ModelChunk
     }
 
     /// Whether `folder` holds `config.json` and the model weights (single file or sharded index).
@@ -54,21 +56,18 @@ public enum ModelLoading {
         throw TwoBPError("\(url.path) holds no model: it lacks \(missing.joined(separator: " and ")) and has no step-N folder holding config.json and model.safetensors")
     }
 
-    /// Reads `config.json`, builds the model it describes and fills every parameter from the
-    /// weights. Errors name the file: unreadable or invalid config, corrupt safetensors, a missing
-    /// tensor or one of the wrong shape. Tensors the model does not use are ignored.
+    /// Reads `config.json`, builds the model its `model_type` describes and fills every parameter
+    /// and buffer from the weights. Errors name the file: unreadable or invalid config, corrupt
+    /// safetensors, a missing tensor or one of the wrong shape. Tensors the model does not use are ignored.
     public static func load(from url: URL) throws -> Loaded {
         let folder = try resolveFolder(url)
         let configURL = folder.appendingPathComponent(Checkpoint.configFileName)
-        let config = try LlamaConfig.parse(FileIO.read(configURL, what: "model configuration"), source: configURL.path)
-        guard config.vocabSize >= ByteTokenizer.vocabularySize else {
-            throw TwoBPError("\(configURL.path): vocab_size \(config.vocabSize) is smaller than the byte tokenizer's \(ByteTokenizer.vocabularySize) tokens")
-        }
+        let config = try ModelRegistry.decode(FileIO.read(configURL, what: "model configuration"), source: configURL.path)
         let weights = try SafeTensors.open(folder, baseName: Checkpoint.modelBaseName)
         // The seed is irrelevant: every parameter is overwritten from the file.
-        let model = try LlamaModel(config: config, seed: 0)
+        let model = try config.makeModel(seed: 0)
         do {
-            try weights.load(into: model.parameters)
+            try weights.load(into: model.parameters, buffers: model.buffers)
         } catch let error as TwoBPError {
             throw TwoBPError("\(error.message) (the weights do not match \(configURL.lastPathComponent))")
         }

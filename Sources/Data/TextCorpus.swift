@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Models
 import Tensor
@@ -13,7 +14,7 @@ import Tensor
 ///   the same on every call.
 ///
 /// Tokens are bytes (`ByteTokenizer`); targets are the tokens shifted by one.
-public final class TextCorpus: Sendable {
+public final class TextCorpus: DataSource {
     /// Where the text came from (for messages).
     public let source: String
     public let bytes: [UInt8]
@@ -79,9 +80,15 @@ public final class TextCorpus: Sendable {
 
     /// The training batch of optimizer step `step` (0-based): tokens and targets
     /// `[batchSize, sequenceLength]`, loss weight 1 / (batchSize × sequenceLength).
-    public func trainingBatch(step: Int, batchSize: Int, seed: UInt64) -> TokenBatch {
+    public func trainingTokens(step: Int, batchSize: Int, seed: UInt64) -> TokenBatch {
         batch(starts: trainingWindowStarts(step: step, batchSize: batchSize, seed: seed))
     }
+
+    public func trainingBatch(step: Int, batchSize: Int, seed: UInt64) -> any MicroBatch {
+        trainingTokens(step: step, batchSize: batchSize, seed: seed)
+    }
+
+    public var throughputUnit: ThroughputUnit { .tokens(perSequence: sequenceLength) }
 
     /// Number of sequential validation windows the held-out part holds.
     public var validationWindowCount: Int { (validationRange.count - 1) / sequenceLength }
@@ -95,7 +102,11 @@ public final class TextCorpus: Sendable {
     /// The held-out part as full batches of `batchSize` sequential windows (a
     /// final partial batch is dropped so every batch has the same shape), at most
     /// `limit` of them. Throws when not even one full batch fits.
-    public func validationBatches(batchSize: Int, limit: Int? = nil) throws -> [TokenBatch] {
+    public func validationBatches(batchSize: Int, limit: Int?) throws -> [any MicroBatch] {
+        try validationTokens(batchSize: batchSize, limit: limit)
+    }
+
+    public func validationTokens(batchSize: Int, limit: Int? = nil) throws -> [TokenBatch] {
         guard batchSize >= 1 else { throw TwoBPError("batch size must be >= 1, not \(batchSize)") }
         var count = validationWindowCount / batchSize
         guard count >= 1 else {

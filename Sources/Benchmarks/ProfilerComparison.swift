@@ -3,6 +3,7 @@ import Models
 import Pipeline
 import Schedules
 import Tensor
+import Training
 
 /// Measured against simulated: runs a real thread pipeline (one thread per
 /// rank, one BLAS thread each) for a schedule, simulates the same lowered
@@ -34,22 +35,21 @@ public enum ProfilerComparison {
     }
 
     /// - Parameter steps: measured steps after one warm-up step.
-    public static func run(model: LlamaConfig, request: ScheduleRequest, batchSize: Int, sequenceLength: Int,
+    public static func run(model: any ModelConfig, request: ScheduleRequest, batchSize: Int, sampleLength: Int,
                            costs: CostModel, steps: Int = 3, seed: UInt64 = 1234) throws -> Result {
         guard steps >= 1 else { throw TwoBPError("the comparison needs at least one measured step") }
-        let plan = try PipelinePlan(request: request, unitCosts: model.unitCosts(sequenceLength: sequenceLength))
+        let plan = try PipelinePlan(request: request, model: model, sampleLength: sampleLength)
         let simulated: Timeline
         do {
             simulated = try Simulator.simulate(plan.schedule, costs: costs)
         } catch let error as ScheduleError {
             throw TwoBPError("simulating \(plan.schedule.name) with the profiled costs: \(error.message)")
         }
-        let batch = PipelineVerification.randomBatch(vocabularySize: model.vocabSize, batchSize: batchSize,
-                                                     sequenceLength: sequenceLength, seed: seed)
+        let batch = model.randomBatch(samples: batchSize, sampleLength: sampleLength, seed: seed)
         _ = try batch.split(into: plan.schedule.microBatches)
         let origin = DispatchTime.now().uptimeNanoseconds
         let perRank = try RankThreads.run(transports: ThreadTransport.group(ranks: request.ranks)) { transport -> [(events: [TimelineEvent], peak: Int)] in
-            let worker = try StageWorker(plan: plan, config: model, seed: seed, transport: transport)
+            let worker = try StageWorker(plan: plan, model: model, seed: seed, transport: transport)
             var steps_: [(events: [TimelineEvent], peak: Int)] = []
             for _ in 0...steps {
                 _ = try transport.allReduceSum([0])  // every rank starts the step together

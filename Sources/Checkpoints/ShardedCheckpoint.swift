@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Pipeline
 import Tensor
@@ -14,16 +15,17 @@ public enum CheckpointLayout: String, CaseIterable, Sendable {
 /// The `per-stage` layout: all ranks write at once into rank 0's partial folder, and
 /// rank 0 publishes it with one rename, so an interrupted save leaves the previous
 /// checkpoint as it was.
-enum ShardedCheckpoint {
+public enum ShardedCheckpoint {
     /// Collective: every rank calls it with its own tensors; returns the step folder on rank 0.
     @discardableResult
-    static func save(in directory: URL, model: [NamedTensor], optimizer: [NamedTensor],
-                     optimizerMetadata: [String: String], config: Data, state: TrainerState,
-                     transport: Transport) throws -> URL? {
+    public static func save(in directory: URL, model: [StoredTensor], optimizer: [StoredTensor],
+                            optimizerMetadata: [String: String], config: Data, state: Data,
+                            transport: Transport) throws -> URL? {
         let isRoot = transport.rank == 0
-        if isRoot { _ = try Checkpoint.beginSave(in: directory, step: state.step) }
+        let step = try Checkpoint.savedStep(state)
+        if isRoot { _ = try Checkpoint.beginSave(in: directory, step: step) }
         try transport.barrier()  // the partial folder exists before anyone writes into it
-        let partial = Checkpoint.partialFolder(in: directory, step: state.step)
+        let partial = Checkpoint.partialFolder(in: directory, step: step)
         guard FileIO.isDirectory(partial) else {
             throw TwoBPError("rank \(transport.rank) cannot see \(partial.path): the per-stage checkpoint layout needs a folder every rank shares (use --checkpoint-layout single)")
         }
@@ -32,7 +34,7 @@ enum ShardedCheckpoint {
                                               (Checkpoint.optimizerBaseName, optimizer, optimizerMetadata)] {
             let file = SafeTensors.shardFileName(baseName: baseName, index: transport.rank, count: transport.worldSize)
             try SafeTensors.write(tensors, to: partial.appendingPathComponent(file), metadata: metadata)
-            written[baseName] = tensors.map { ($0.name, $0.tensor.count * MemoryLayout<Float>.stride) }
+            written[baseName] = tensors.map { ($0.name, $0.bytes.count) }
         }
         let listing = try JSONEncoder().encode(written.mapValues { $0.map { [$0.name, String($0.bytes)] } })
         let listings = try transport.gather(Array(listing), root: 0)

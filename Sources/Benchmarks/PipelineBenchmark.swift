@@ -3,6 +3,7 @@ import Models
 import Pipeline
 import Schedules
 import Tensor
+import Training
 
 /// `twobp bench pipeline`: each schedule plain and with 2BP, run alternately in one
 /// process (or one MPI job) so that both see the same machine, several times over.
@@ -11,9 +12,9 @@ public enum PipelineBenchmark {
         public var schedule: String
         public var twoBP: Bool
         public var microBatches: Int
-        /// Tokens per second of each repeat (first step of each run excluded).
-        public var tokensPerSecond: [Double]
-        public var medianTokensPerSecond: Double
+        /// Throughput (tokens or samples per second, `Result.unit`) of each repeat (first step of each run excluded).
+        public var throughput: [Double]
+        public var medianThroughput: Double
         /// Per rank, mean over repeats of the measured idle time over step time.
         public var bubbleRatio: [Double]
         /// Per rank, the largest peak bytes over repeats.
@@ -24,7 +25,7 @@ public enum PipelineBenchmark {
         public var schedule: String
         public var plain: Variant
         public var twoBP: Variant
-        /// 2BP tokens/s over plain tokens/s (medians).
+        /// 2BP throughput over plain throughput (medians).
         public var speedup: Double
     }
 
@@ -33,7 +34,9 @@ public enum PipelineBenchmark {
         public var stages: Int
         public var transport: String
         public var batchSize: Int
-        public var sequenceLength: Int
+        public var sampleLength: Int
+        /// What throughput counts: tokens or samples.
+        public var unit: String
         public var stepsPerRun: Int
         public var repeats: Int
         public var blasCore: String
@@ -56,9 +59,9 @@ public enum PipelineBenchmark {
                     }
                     guard let outcome else { continue }
                     runs[key(schedule, twoBP), default: []].append(outcome)
-                    let tokens = Double(base.batchSize * base.sequenceLength) / outcome.stepTimeSeconds
-                    progress(String(format: "repeat %d/%d %@%@: %.0f tokens/s", repeat_, repeats, schedule.rawValue,
-                                    twoBP ? " + 2BP" : "", tokens))
+                    let rate = Double(base.batchSize * outcome.unit.perSample) / outcome.stepTimeSeconds
+                    progress(String(format: "repeat %d/%d %@%@: %.0f %@/s", repeat_, repeats, schedule.rawValue,
+                                    twoBP ? " + 2BP" : "", rate, outcome.unit.name))
                 }
             }
         }
@@ -68,10 +71,11 @@ public enum PipelineBenchmark {
             let plain = variant(schedule, twoBP: false, microBatches: microBatches, runs[key(schedule, false)]!, base: base)
             let split = variant(schedule, twoBP: true, microBatches: microBatches, runs[key(schedule, true)]!, base: base)
             return Comparison(schedule: schedule.rawValue, plain: plain, twoBP: split,
-                              speedup: split.medianTokensPerSecond / plain.medianTokensPerSecond)
+                              speedup: split.medianThroughput / plain.medianThroughput)
         }
+        let unit = runs.values.first?.first?.unit.name ?? "samples"
         return Result(model: base.modelName, stages: stages, transport: kind.rawValue, batchSize: base.batchSize,
-                      sequenceLength: base.sequenceLength, stepsPerRun: base.steps, repeats: repeats,
+                      sampleLength: base.sampleLength, unit: unit, stepsPerRun: base.steps, repeats: repeats,
                       blasCore: BLAS.coreName, comparisons: comparisons)
     }
 
@@ -79,11 +83,11 @@ public enum PipelineBenchmark {
 
     static func variant(_ schedule: ScheduleKind, twoBP: Bool, microBatches: Int, _ outcomes: [TrainingOutcome],
                         base: TrainingSettings) -> Variant {
-        let rates = outcomes.map { Double(base.batchSize * base.sequenceLength) / $0.stepTimeSeconds }
+        let rates = outcomes.map { Double(base.batchSize * $0.unit.perSample) / $0.stepTimeSeconds }
         let ranks = outcomes[0].bubbleRatio.count
         return Variant(
-            schedule: schedule.rawValue, twoBP: twoBP, microBatches: microBatches, tokensPerSecond: rates,
-            medianTokensPerSecond: rates.sorted()[rates.count / 2],
+            schedule: schedule.rawValue, twoBP: twoBP, microBatches: microBatches, throughput: rates,
+            medianThroughput: rates.sorted()[rates.count / 2],
             bubbleRatio: (0..<ranks).map { rank in outcomes.map { $0.bubbleRatio[rank] }.reduce(0, +) / Double(outcomes.count) },
             peakBytes: (0..<ranks).map { rank in outcomes.map { $0.peakBytes[rank] }.max()! })
     }

@@ -7,8 +7,9 @@ import Tensor
 /// Activations between chunks are [batchSize, sequenceLength, hiddenSize]. Parameters carry their
 /// Hugging Face names (`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`, ...,
 /// `model.norm.weight`, `lm_head.weight`) and are initialised from (seed, name) alone, so any
-/// partition starts from the same weights as the whole model.
-public final class LlamaChunk: ModelChunk {
+/// partition starts from the same weights as the whole model. With `tie_word_embeddings`, lm_head
+/// reads the embedding's matrix: one parameter named `model.embed_tokens.weight` (see `TiedParameter`).
+public final class LlamaChunk: ModelChunk, CausalLanguageModel {
     public let config: LlamaConfig
     public let units: Range<Int>
     /// Present when the chunk holds unit 0.
@@ -19,8 +20,9 @@ public final class LlamaChunk: ModelChunk {
     public let head: LanguageModelHead?
     public let parameters: [Parameter]
 
-    /// Builds and initialises units `units` of `config` (validated) from run seed `seed`.
-    public init(config: LlamaConfig, units: Range<Int>, seed: UInt64) throws {
+    /// Builds and initialises units `units` of `config` (validated) from run seed `seed`; the tied
+    /// embedding matrix, if any, comes from `shared`.
+    public init(config: LlamaConfig, units: Range<Int>, seed: UInt64, shared: SharedParameters = SharedParameters()) throws {
         try config.validate()
         guard !units.isEmpty, units.lowerBound >= 0, units.upperBound <= config.unitCount else {
             throw TwoBPError("units \(units.lowerBound)..<\(units.upperBound) are not a non-empty range of the \(config.unitCount) units 0..<\(config.unitCount) of a \(config.numHiddenLayers)-layer model")
@@ -29,9 +31,15 @@ public final class LlamaChunk: ModelChunk {
         self.units = units
         let eps = Float(config.rmsNormEps)
         var parameters: [Parameter] = []
+        func tiedMatrix() -> Parameter? {
+            guard config.tieWordEmbeddings else { return nil }
+            return shared.parameter(named: config.lmHeadWeightName) {
+                Parameter(name: "weight", shape: [config.vocabSize, config.hiddenSize])
+            }
+        }
 
         if units.contains(0) {
-            let embedding = Embedding(vocabularySize: config.vocabSize, size: config.hiddenSize)
+            let embedding = Embedding(vocabularySize: config.vocabSize, size: config.hiddenSize, weight: tiedMatrix())
             parameters += embedding.parameters.map { $0.prefixed("model.embed_tokens") }
             self.embedding = embedding
         } else {
@@ -50,9 +58,13 @@ public final class LlamaChunk: ModelChunk {
         }
 
         if units.contains(config.numHiddenLayers + 1) {
-            let head = LanguageModelHead(hiddenSize: config.hiddenSize, vocabularySize: config.vocabSize, eps: eps)
+            let head = LanguageModelHead(hiddenSize: config.hiddenSize, vocabularySize: config.vocabSize, eps: eps,
+                                         lmHeadWeight: tiedMatrix())
             parameters += head.norm.parameters.map { $0.prefixed("model.norm") }
-            parameters += head.lmHead.parameters.map { $0.prefixed("lm_head") }
+            // A matrix tied to an embedding this chunk holds is listed once, under the embedding's name.
+            if !(config.tieWordEmbeddings && embedding != nil) {
+                parameters.append(head.lmHead.weight.prefixed(config.tieWordEmbeddings ? "model.embed_tokens" : "lm_head"))
+            }
             self.head = head
         } else {
             head = nil
@@ -65,7 +77,18 @@ public final class LlamaChunk: ModelChunk {
     public var isFirst: Bool { embedding != nil }
     public var isLast: Bool { head != nil }
 
-    public func forward(_ input: Tensor?, batch: TokenBatch, microBatch: Int) throws -> ChunkOutput {
+    public func inputShape(for batch: any MicroBatch) throws -> [Int]? {
+        let batch = try tokens(batch)
+        return isFirst ? nil : config.activationShape(enteringUnit: units.lowerBound, samples: batch.batchSize, sampleLength: batch.sequenceLength)
+    }
+
+    public func outputShape(for batch: any MicroBatch) throws -> [Int]? {
+        let batch = try tokens(batch)
+        return isLast ? nil : config.activationShape(enteringUnit: units.upperBound, samples: batch.batchSize, sampleLength: batch.sequenceLength)
+    }
+
+    public func forward(_ input: Tensor?, batch: any MicroBatch, microBatch: Int) throws -> ChunkOutput {
+        let batch = try tokens(batch)
         try config.checkSequenceLength(batch.sequenceLength)
         // Refuse bad targets before any layer saves state for this micro-batch.
         try head?.validate(targets: batch.targets, rows: batch.batchSize * batch.sequenceLength)
@@ -75,15 +98,11 @@ public final class LlamaChunk: ModelChunk {
             x = try embedding.forward(tokens: batch.tokens, batchSize: batch.batchSize, sequenceLength: batch.sequenceLength,
                                       microBatch: microBatch)
         } else {
-            let expected = [batch.batchSize, batch.sequenceLength, config.hiddenSize]
-            guard let input, input.shape == expected else {
-                throw TwoBPError("chunk of units \(units): expected an input activation of shape \(expected), got \(input.map { "\($0.shape)" } ?? "none")")
-            }
-            x = input
+            x = try checkedInput(input, batch)
         }
         for block in blocks { x = try block.forward(x, microBatch: microBatch) }
         if let head {
-            return .loss(try head.forward(x, targets: batch.targets, lossWeight: batch.lossWeight, microBatch: microBatch))
+            return .loss([try head.forward(x, targets: batch.targets, lossWeight: batch.lossWeight, microBatch: microBatch)])
         }
         return .activation(x)
     }
@@ -110,13 +129,59 @@ public final class LlamaChunk: ModelChunk {
         for block in blocks.reversed() { try block.backwardWeight(work) }
         try embedding?.backwardWeight(work)
     }
+
+    public func evaluate(_ input: Tensor?, batch: any MicroBatch) throws -> ChunkOutput {
+        let batch = try tokens(batch)
+        let x = try hiddenStates(input, batch)
+        if let head {
+            return .loss([try head.loss(x, targets: batch.targets, lossWeight: batch.lossWeight)])
+        }
+        return .activation(x)
+    }
+
+    // MARK: CausalLanguageModel
+
+    public var vocabularySize: Int { config.vocabSize }
+    public var contextLength: Int { config.maxPositionEmbeddings }
+
+    public func logits(tokens: [Int32], batchSize: Int, sequenceLength: Int) throws -> Tensor {
+        guard isFirst, let head else { throw TwoBPError("logits need a chunk that holds the whole model") }
+        let batch = TokenBatch(tokens: tokens, targets: tokens, batchSize: batchSize, sequenceLength: sequenceLength, lossWeight: 1)
+        return try head.logits(hiddenStates(nil, batch))
+    }
+
+    public func loss(_ batch: TokenBatch) throws -> Double {
+        try evaluateLoss(batch)[0]
+    }
+
+    // MARK: Helpers
+
+    private func tokens(_ batch: any MicroBatch) throws -> TokenBatch {
+        try batch.expecting(TokenBatch.self, by: "a llama model")
+    }
+
+    private func checkedInput(_ input: Tensor?, _ batch: TokenBatch) throws -> Tensor {
+        let expected = [batch.batchSize, batch.sequenceLength, config.hiddenSize]
+        guard let input, input.shape == expected else {
+            throw TwoBPError("chunk of units \(units): expected an input activation of shape \(expected), got \(input.map { "\($0.shape)" } ?? "none")")
+        }
+        return input
+    }
+
+    /// The last block's output, saving nothing.
+    private func hiddenStates(_ input: Tensor?, _ batch: TokenBatch) throws -> Tensor {
+        try config.checkSequenceLength(batch.sequenceLength)
+        var x = try embedding.map { try $0.apply(tokens: batch.tokens, batchSize: batch.batchSize, sequenceLength: batch.sequenceLength) }
+            ?? checkedInput(input, batch)
+        for block in blocks { x = try block.apply(x) }
+        return x
+    }
 }
 
-/// A whole LLaMa model on one device: one chunk over all units, plus the inference paths that
-/// save nothing (generation, evaluation).
-public final class LlamaModel {
+/// A whole LLaMa model on one device: the chunk over all units, for generation, evaluation and
+/// as the reference a pipeline must match.
+public final class LlamaModel: CausalLanguageModel {
     public let config: LlamaConfig
-    /// The chunk over all units, for training on one device (or as the reference a pipeline must match).
     public let chunk: LlamaChunk
 
     public init(config: LlamaConfig, seed: UInt64) throws {
@@ -130,22 +195,16 @@ public final class LlamaModel {
         chunk.zeroGradients()
     }
 
+    public var vocabularySize: Int { chunk.vocabularySize }
+    public var contextLength: Int { chunk.contextLength }
+
     /// Next-token logits [batchSize, sequenceLength, vocabSize] of `tokens` (row-major [batchSize, sequenceLength]).
     public func logits(tokens: [Int32], batchSize: Int, sequenceLength: Int) throws -> Tensor {
-        try chunk.head!.logits(hiddenStates(tokens: tokens, batchSize: batchSize, sequenceLength: sequenceLength))
+        try chunk.logits(tokens: tokens, batchSize: batchSize, sequenceLength: sequenceLength)
     }
 
     /// Σ lossWeight · cross-entropy of `batch`, as a training forward computes it, saving nothing.
     public func loss(_ batch: TokenBatch) throws -> Double {
-        try chunk.head!.loss(hiddenStates(tokens: batch.tokens, batchSize: batch.batchSize, sequenceLength: batch.sequenceLength),
-                             targets: batch.targets, lossWeight: batch.lossWeight)
-    }
-
-    /// The last decoder layer's output [batchSize, sequenceLength, hiddenSize].
-    private func hiddenStates(tokens: [Int32], batchSize: Int, sequenceLength: Int) throws -> Tensor {
-        try config.checkSequenceLength(sequenceLength)
-        var x = try chunk.embedding!.apply(tokens: tokens, batchSize: batchSize, sequenceLength: sequenceLength)
-        for block in chunk.blocks { x = try block.apply(x) }
-        return x
+        try chunk.evaluateLoss(batch)[0]
     }
 }

@@ -4,6 +4,7 @@ import Models
 import Pipeline
 import Schedules
 import Tensor
+import Training
 
 /// Measures a cost model on this machine: for each virtual stage of the
 /// balanced partition a schedule would run, the seconds of F, p1 and p2 of
@@ -16,24 +17,24 @@ import Tensor
 /// compute at the same time. Call with one BLAS thread to match a pipeline stage.
 public enum Profiler {
     public struct Settings: Sendable {
-        public var model: LlamaConfig
+        public var model: any ModelConfig
         public var modelName: String
         /// Decides the virtual stages (ranks × chunks) and the default micro-batches.
         public var request: ScheduleRequest
-        /// Sequences per step, split into the schedule's micro-batches.
+        /// Samples per step, split into the schedule's micro-batches.
         public var batchSize: Int
-        public var sequenceLength: Int
+        public var sampleLength: Int
         /// Measurements per figure (after one warm-up); the median is kept.
         public var repeats: Int
         public var seed: UInt64
 
-        public init(model: LlamaConfig, modelName: String, request: ScheduleRequest, batchSize: Int,
-                    sequenceLength: Int, repeats: Int = 3, seed: UInt64 = 1234) {
+        public init(model: any ModelConfig, modelName: String, request: ScheduleRequest, batchSize: Int,
+                    sampleLength: Int, repeats: Int = 3, seed: UInt64 = 1234) {
             self.model = model
             self.modelName = modelName
             self.request = request
             self.batchSize = batchSize
-            self.sequenceLength = sequenceLength
+            self.sampleLength = sampleLength
             self.repeats = repeats
             self.seed = seed
         }
@@ -70,28 +71,56 @@ public enum Profiler {
 
         /// The cost model's JSON with a `profile` object added (ignored when read back as a `CostModel`).
         public func jsonData() throws -> Data {
-            guard var object = try JSONSerialization.jsonObject(with: costs.jsonData()) as? [String: Any] else {
-                throw TwoBPError("could not encode the cost model")
+            try JSONLines.pretty(File(costs: costs, profile: Profile(result: self)))
+        }
+
+        /// What the profile file holds beside the cost model.
+        struct Profile: Encodable {
+            var model: String
+            var schedule: String
+            var batchSize: Int
+            var microBatches: Int
+            var microBatchSize: Int
+            var sampleLength: Int
+            var repeats: Int
+            var blasCore: String
+            var blasThreads = 1
+            var statistic = "median"
+            var stages: [StageProfile]
+
+            init(result: Result) {
+                model = result.settings.modelName
+                schedule = result.settings.request.description
+                batchSize = result.settings.batchSize
+                microBatches = result.microBatches
+                microBatchSize = result.microBatchSize
+                sampleLength = result.settings.sampleLength
+                repeats = result.settings.repeats
+                blasCore = result.blasCore
+                stages = result.stages
             }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            let stageObjects = try stages.map { try JSONSerialization.jsonObject(with: encoder.encode($0)) }
-            object["profile"] = [
-                "model": settings.modelName, "schedule": settings.request.description,
-                "batchSize": settings.batchSize, "microBatches": microBatches, "microBatchSize": microBatchSize,
-                "sequenceLength": settings.sequenceLength, "repeats": settings.repeats, "blasCore": blasCore,
-                "blasThreads": 1, "statistic": "median", "stages": stageObjects,
-            ] as [String: Any]
-            return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        }
+
+        /// The cost model's own keys, and `profile`.
+        struct File: Encodable {
+            var costs: CostModel
+            var profile: Profile
+
+            func encode(to encoder: Encoder) throws {
+                try costs.encode(to: encoder)
+                var container = encoder.container(keyedBy: ProfileKey.self)
+                try container.encode(profile, forKey: .profile)
+            }
+
+            enum ProfileKey: CodingKey { case profile }
         }
     }
 
     public static func run(_ settings: Settings) throws -> Result {
         guard settings.repeats >= 1 else { throw TwoBPError("--repeats must be at least 1, got \(settings.repeats)") }
-        let plan = try PipelinePlan(request: settings.request, unitCosts: settings.model.unitCosts(sequenceLength: settings.sequenceLength))
+        let plan = try PipelinePlan(request: settings.request, model: settings.model, sampleLength: settings.sampleLength)
         let microBatches = plan.schedule.microBatches
-        let batch = PipelineVerification.randomBatch(vocabularySize: settings.model.vocabSize, batchSize: settings.batchSize,
-                                                     sequenceLength: settings.sequenceLength, seed: settings.seed)
+        let batch = settings.model.randomBatch(samples: settings.batchSize, sampleLength: settings.sampleLength, seed: settings.seed)
         let microBatch = try batch.split(into: microBatches)[0]
         var counts = [1]
         while counts.last! * 2 <= microBatches { counts.append(counts.last! * 2) }
@@ -111,10 +140,15 @@ public enum Profiler {
                       concatenatedBackwardWeight: denseTable(profile.concatenated, upTo: microBatches),
                       activationBytes: profile.activationBytes, stashBytes: profile.stashBytes, staticBytes: profile.staticBytes)
         }
-        let messageBytes = microBatch.batchSize * settings.sequenceLength * settings.model.hiddenSize * MemoryLayout<Float>.stride
+        // The largest tensor a stage boundary carries for one micro-batch.
+        let boundaries = plan.unitRanges.dropLast().map { range in
+            settings.model.activationShape(enteringUnit: range.upperBound, samples: microBatch.sampleCount,
+                                           sampleLength: settings.sampleLength).reduce(1, *)
+        }
+        let messageBytes = (boundaries.max() ?? 0) * MemoryLayout<Float>.stride
         let costs = CostModel(stages: stageCosts, messageBytes: messageBytes)
         try costs.check(virtualStages: stageCosts.count)
-        return Result(settings: settings, microBatches: microBatches, microBatchSize: microBatch.batchSize,
+        return Result(settings: settings, microBatches: microBatches, microBatchSize: microBatch.sampleCount,
                       blasCore: BLAS.coreName, stages: profiles, costs: costs)
     }
 
@@ -143,16 +177,16 @@ public enum Profiler {
         return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
-    private static func profileStage(_ stage: Int, units: Range<Int>, settings: Settings, microBatch: TokenBatch,
+    private static func profileStage(_ stage: Int, units: Range<Int>, settings: Settings, microBatch: any MicroBatch,
                                      counts: [Int]) throws -> StageProfile {
         let meter = MemoryMeter(name: "profile stage \(stage)")
         return try MemoryMeter.withCurrent(meter) {
-            let chunk = try LlamaChunk(config: settings.model, units: units, seed: settings.seed)
+            let chunk = try settings.model.makeChunk(units: units, seed: settings.seed, shared: SharedParameters())
             let built = meter.liveBytes
             let parameters = chunk.parameters.reduce(0) { $0 + $1.value.count }
-            let shape = [microBatch.batchSize, microBatch.sequenceLength, settings.model.hiddenSize]
             var generator = SeededGenerator(seed: settings.seed &+ UInt64(stage))
-            func randomTensor(std: Float) -> Tensor {
+            func randomTensor(_ shape: [Int]?, std: Float) -> Tensor? {
+                guard let shape else { return nil }
                 let tensor = Tensor(zeros: shape)
                 tensor.fillNormal(std: std, using: &generator)
                 return tensor
@@ -165,7 +199,7 @@ public enum Profiler {
                 for m in 0..<k {
                     let before = meter.liveBytes
                     try scoped {
-                        let input = chunk.isFirst ? nil : randomTensor(std: 1)
+                        let input = randomTensor(try chunk.inputShape(for: microBatch), std: 1)
                         var output: ChunkOutput?
                         let time = try seconds { output = try chunk.forward(input, batch: microBatch, microBatch: m) }
                         if record { forwardTimes.append(time) }
@@ -176,7 +210,7 @@ public enum Profiler {
                 for m in 0..<k {
                     let before = meter.liveBytes
                     try scoped {
-                        let gradient = chunk.isLast ? nil : randomTensor(std: 1e-3)
+                        let gradient = randomTensor(try chunk.outputShape(for: microBatch), std: 1e-3)
                         var inputGradient: Tensor?
                         let time = try seconds { inputGradient = try chunk.backwardInput(gradient, microBatch: m) }
                         if record { inputTimes.append(time) }

@@ -3,6 +3,7 @@ import Models
 import Pipeline
 import Schedules
 import Tensor
+import Training
 
 /// `twobp bench step`: how close a single-device training step comes to the
 /// GEMM rate OpenBLAS reaches on this machine, and where the rest of the time goes.
@@ -10,7 +11,7 @@ public enum StepBenchmark {
     public struct Result: Codable {
         public var model: String
         public var batchSize: Int
-        public var sequenceLength: Int
+        public var sampleLength: Int
         public var blasCore: String
         public var blasThreads: Int
         /// A square sgemm of `referenceGEMMSize`, measured in the same run with the same threads.
@@ -47,15 +48,13 @@ public enum StepBenchmark {
 
     /// Times `steps` training steps after one warm-up step, split into phases by running
     /// the step as naive + 2BP (F, then I, then one concatenated W*).
-    public static func run(model: LlamaConfig, name: String, batchSize: Int, sequenceLength: Int, steps: Int,
+    public static func run(model: any ModelConfig, name: String, batchSize: Int, sampleLength: Int, steps: Int,
                            blasThreads: Int, seed: UInt64 = 1) throws -> Result {
         let gemmSize = 1024
         let sgemm = sgemmRate(size: gemmSize)
-        let plan = try PipelinePlan(request: ScheduleRequest(kind: .naive, ranks: 1, twoBP: true),
-                                    unitCosts: model.unitCosts(sequenceLength: sequenceLength))
-        let worker = try StageWorker(plan: plan, config: model, seed: seed, transport: ThreadTransport.group(ranks: 1)[0])
-        let batch = PipelineVerification.randomBatch(vocabularySize: model.vocabSize, batchSize: batchSize,
-                                                     sequenceLength: sequenceLength, seed: seed)
+        let plan = try PipelinePlan(request: ScheduleRequest(kind: .naive, ranks: 1, twoBP: true), model: model, sampleLength: sampleLength)
+        let worker = try StageWorker(plan: plan, model: model, seed: seed, transport: ThreadTransport.group(ranks: 1)[0])
+        let batch = model.randomBatch(samples: batchSize, sampleLength: sampleLength, seed: seed)
         var phases: [String: Double] = [:]
         var total = 0.0
         let profile = GEMMProfile.shared
@@ -68,7 +67,7 @@ public enum StepBenchmark {
             let start = DispatchTime.now().uptimeNanoseconds
             let result = try worker.computeGradients(batch, clockOrigin: start)
             let optimizerStart = DispatchTime.now().uptimeNanoseconds
-            try worker.optimizer.update(learningRate: 1e-4, globalGradientNorm: AdamW.squaredGradientSum(worker.parameters).squareRoot())
+            try worker.optimizer.update(learningRate: 1e-4, globalGradientNorm: worker.squaredGradientNorm().squareRoot())
             let end = DispatchTime.now().uptimeNanoseconds
             guard step > 0 else { continue }
             total += Double(end - start) / 1e9
@@ -87,10 +86,10 @@ public enum StepBenchmark {
         let gemm = profile.totals
         profile.isEnabled = false
         let stepSeconds = total / Double(steps)
-        let stepFLOPs = model.trainingFLOPsPerToken(sequenceLength: sequenceLength) * Double(batchSize * sequenceLength)
+        let stepFLOPs = model.trainingFLOPsPerSample(sampleLength: sampleLength) * Double(batchSize)
         let achieved = stepFLOPs / stepSeconds / 1e9
         return Result(
-            model: name, batchSize: batchSize, sequenceLength: sequenceLength, blasCore: BLAS.coreName,
+            model: name, batchSize: batchSize, sampleLength: sampleLength, blasCore: BLAS.coreName,
             blasThreads: blasThreads, referenceGEMMSize: gemmSize, sgemmGFLOPS: sgemm, steps: steps,
             stepSeconds: stepSeconds, stepGFLOPs: stepFLOPs / 1e9, achievedGFLOPS: achieved,
             fractionOfSGEMM: achieved / sgemm, phaseSeconds: phases.mapValues { $0 / Double(steps) },

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Layers
 import Tensor
@@ -5,11 +6,13 @@ import Tensor
 /// Checkpoints: one folder per saved step, `DIR/step-N/`, holding
 ///
 /// - `model.safetensors` (or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`):
-///   the weights under their Hugging Face names, F32, matrices `[out, in]`;
-/// - `optimizer.safetensors` (or its shards + index): AdamW moments `m.<name>` and
-///   `v.<name>`, the step count in the metadata;
+///   the weights under their Hugging Face / torchvision names, F32, matrices `[out, in]`, and the
+///   buffers (running statistics F32, counters I64); a tied parameter once;
+/// - `optimizer.safetensors` (or its shards + index): the optimizer's state tensors, its step
+///   count in the metadata;
 /// - `config.json`: the model configuration as the caller encoded it;
-/// - `trainer_state.json`: `TrainerState`.
+/// - `trainer_state.json`: the trainer's state as the caller encoded it, a JSON object with an
+///   integer `step`.
 ///
 /// Saving is atomic: everything is written into the hidden sibling
 /// `DIR/.step-N.partial`, fsynced, then renamed to `step-N` and the parent
@@ -27,33 +30,14 @@ public enum Checkpoint {
     static let partialPrefix = ".step-"
     static let partialSuffix = ".partial"
 
-    /// Saves every stage's weights and AdamW state: one optimizer per pipeline
-    /// stage, its `parameters` being that stage's weights. With
-    /// `shardPerStage`, stage i's tensors go to shard i (Hugging Face sharded
-    /// form); otherwise all go to one `model.safetensors` / `optimizer.safetensors`.
-    /// The step is `state.step`. Returns the `step-N` folder.
+    /// Saves already-collected tensors (for example gathered from MPI ranks): one shard per element
+    /// of `model` and of `optimizer` (one element: a single file). `config` and `state` must be
+    /// JSON objects, `state` holding the integer `step` the folder is named after.
     @discardableResult
-    public static func save(in directory: URL, optimizers: [AdamW], config: Data, state: TrainerState,
-                            shardPerStage: Bool = false) throws -> URL {
-        guard let first = optimizers.first else { throw TwoBPError("a checkpoint needs at least one optimizer (stage)") }
-        guard optimizers.allSatisfy({ $0.step == first.step }) else {
-            throw TwoBPError("the stages' optimizers disagree on the step count: \(optimizers.map(\.step))")
-        }
-        let modelShards = optimizers.map { $0.parameters.map { (name: $0.name, tensor: $0.value) } }
-        let optimizerShards = optimizers.map { $0.stateTensors() }
-        return try save(in: directory,
-                        model: shardPerStage ? modelShards : [modelShards.flatMap { $0 }],
-                        optimizer: shardPerStage ? optimizerShards : [optimizerShards.flatMap { $0 }],
-                        optimizerMetadata: first.stateMetadata, config: config, state: state)
-    }
-
-    /// Saves already-collected tensors (for example gathered from MPI ranks):
-    /// one shard per element of `model` and of `optimizer` (one element: a single
-    /// file). `config` must be a JSON object.
-    @discardableResult
-    public static func save(in directory: URL, model: [[NamedTensor]], optimizer: [[NamedTensor]],
-                            optimizerMetadata: [String: String], config: Data, state: TrainerState) throws -> URL {
-        let partial = try beginSave(in: directory, step: state.step)
+    public static func save(in directory: URL, model: [[StoredTensor]], optimizer: [[StoredTensor]],
+                            optimizerMetadata: [String: String], config: Data, state: Data) throws -> URL {
+        let step = try savedStep(state)
+        let partial = try beginSave(in: directory, step: step)
         do {
             try SafeTensors.writeSharded(model, to: partial, baseName: modelBaseName)
             try SafeTensors.writeSharded(optimizer, to: partial, baseName: optimizerBaseName, metadata: optimizerMetadata)
@@ -62,6 +46,15 @@ public enum Checkpoint {
             try? FileIO.remove(partial)
             throw error
         }
+    }
+
+    /// The `step` of a trainer state: what the folder is named after.
+    static func savedStep(_ state: Data) throws -> Int {
+        struct Step: Decodable { let step: Int }
+        guard let step = try? JSONDecoder().decode(Step.self, from: state).step else {
+            throw TwoBPError("the trainer state to save has no integer \"step\"")
+        }
+        return step
     }
 
     /// Creates `DIR/.step-N.partial` (removing leftovers of interrupted saves) for the tensors to go into.
@@ -80,16 +73,17 @@ public enum Checkpoint {
 
     /// Writes config and trainer state into the partial folder, fsyncs it, and publishes it
     /// as `DIR/step-N` with one rename (replacing an earlier save of the same step).
-    static func finishSave(_ partial: URL, in directory: URL, config: Data, state: TrainerState) throws -> URL {
+    static func finishSave(_ partial: URL, in directory: URL, config: Data, state: Data) throws -> URL {
         try requireJSONObject(config) { "the model configuration to save is not a JSON object (\($0))" }
-        let final = directory.appendingPathComponent(folderName(step: state.step))
+        let step = try savedStep(state)
+        let final = directory.appendingPathComponent(folderName(step: step))
         try FileIO.writeDurably(partial.appendingPathComponent(configFileName), bytes: [UInt8](config))
-        try FileIO.writeDurably(partial.appendingPathComponent(stateFileName), bytes: [UInt8](state.encoded()))
+        try FileIO.writeDurably(partial.appendingPathComponent(stateFileName), bytes: [UInt8](state))
         try FileIO.syncDirectory(partial)
         if FileManager.default.fileExists(atPath: final.path) {
             // Saving a step again (after a resume): move the old one aside first,
             // since rename cannot replace a non-empty folder.
-            let replaced = directory.appendingPathComponent(partialPrefix + "\(state.step).replaced" + partialSuffix)
+            let replaced = directory.appendingPathComponent(partialPrefix + "\(step).replaced" + partialSuffix)
             try FileIO.rename(final, to: replaced)
             try FileIO.rename(partial, to: final)
             try FileIO.remove(replaced)
@@ -102,13 +96,15 @@ public enum Checkpoint {
 
     /// Throws `message(reason)` unless `data` is one JSON object.
     static func requireJSONObject(_ data: Data, message: (String) -> String) throws {
-        let value: JSONValue
-        do {
-            value = try JSONValue.parse(data)
-        } catch let error as TwoBPError {
-            throw TwoBPError(message(error.message))
+        struct JSONObject: Decodable {
+            init(from decoder: Decoder) throws { _ = try decoder.container(keyedBy: Header.Key.self) }
         }
-        guard case .object = value else { throw TwoBPError(message("not a JSON object")) }
+        do {
+            _ = try JSONDecoder().decode(JSONObject.self, from: data)
+        } catch let error as DecodingError {
+            if case .typeMismatch = error { throw TwoBPError(message("not a JSON object")) }
+            throw TwoBPError(message(error.summary))
+        }
     }
 
     /// Removes leftovers of interrupted saves (`.step-*.partial`).
@@ -186,21 +182,21 @@ public enum Checkpoint {
     public static func load(from url: URL) throws -> LoadedCheckpoint {
         let folder = try resolve(url)
         let stateURL = folder.appendingPathComponent(stateFileName)
-        let state: TrainerState
+        let state = try FileIO.read(stateURL, what: "trainer state")
+        try requireJSONObject(state) { "checkpoint \(folder.path): \(stateFileName) is corrupt (\($0))" }
+        let step: Int
         do {
-            state = try TrainerState.decode(FileIO.read(stateURL, what: "trainer state"))
-        } catch let error as TwoBPError {
-            throw TwoBPError("checkpoint \(folder.path): \(error.message)")
+            step = try savedStep(state)
         } catch {
-            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) is corrupt (\(error))")
+            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) has no integer \"step\"")
         }
-        if let named = step(ofFolderNamed: folder.lastPathComponent), named != state.step {
-            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) says step \(state.step), the folder name says \(named)")
+        if let named = self.step(ofFolderNamed: folder.lastPathComponent), named != step {
+            throw TwoBPError("checkpoint \(folder.path): \(stateFileName) says step \(step), the folder name says \(named)")
         }
         let configURL = folder.appendingPathComponent(configFileName)
         let config = try FileIO.read(configURL, what: "model configuration")
         try requireJSONObject(config) { "checkpoint \(folder.path): \(configFileName) is corrupt (\($0))" }
-        return LoadedCheckpoint(folder: folder, state: state, config: Data(config),
+        return LoadedCheckpoint(folder: folder, step: step, state: Data(state), config: Data(config),
                                 model: try SafeTensors.open(folder, baseName: modelBaseName),
                                 optimizer: try SafeTensors.open(folder, baseName: optimizerBaseName))
     }
@@ -210,18 +206,12 @@ public enum Checkpoint {
 public struct LoadedCheckpoint {
     /// The `step-N` folder.
     public let folder: URL
-    public let state: TrainerState
+    /// Optimizer steps the saved run had taken: N.
+    public let step: Int
+    /// `trainer_state.json` as saved (a JSON object with `step`); the trainer decodes the rest.
+    public let state: Data
     /// `config.json` as saved (a JSON object); decode it into the model's configuration.
     public let config: Data
     public let model: SafeTensorsArchive
     public let optimizer: SafeTensorsArchive
-
-    /// Copies the weights into each optimizer's parameters and restores its
-    /// moments and step count (one optimizer per stage, as saved).
-    public func restore(into optimizers: [AdamW]) throws {
-        for optimizer in optimizers {
-            try model.load(into: optimizer.parameters)
-            try optimizer.loadState(from: self.optimizer)
-        }
-    }
 }

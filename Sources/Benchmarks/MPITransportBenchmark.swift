@@ -1,5 +1,6 @@
 import CMPIShim
 import Foundation
+import Pipeline
 import Tensor
 
 // The transport-independent half (configuration, result, ping-pong through any

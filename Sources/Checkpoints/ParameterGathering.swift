@@ -1,4 +1,5 @@
 import Foundation
+import Layers
 import Pipeline
 import Tensor
 
@@ -6,11 +7,11 @@ import Tensor
 /// by shipping each rank's tensors as a safetensors byte image.
 ///
 /// Used for checkpoints and validation, a few times per run; the step itself never gathers.
-enum ParameterGathering {
-    /// Every rank's tensors, in rank order, on `root`; nil on the other ranks.
-    static func gather(_ tensors: [NamedTensor], metadata: [String: String] = SafeTensors.defaultMetadata,
-                       over transport: Transport, root: Int = 0) throws -> [SafeTensorsFile]? {
-        let bytes = try SafeTensors.encode(tensors, metadata: metadata)
+public enum ParameterGathering {
+    /// Every rank's tensors and buffers, in rank order, on `root`; nil on the other ranks.
+    public static func gather(_ tensors: [NamedTensor], buffers: [Buffer] = [], metadata: [String: String] = SafeTensors.defaultMetadata,
+                              over transport: Transport, root: Int = 0) throws -> [SafeTensorsFile]? {
+        let bytes = try SafeTensors.encode(tensors, buffers: buffers, metadata: metadata)
         guard let all = try transport.gather(bytes, root: root) else { return nil }
         return try all.enumerated().map { rank, image in
             try SafeTensorsFile(bytes: Data(image), source: "tensors gathered from rank \(rank)")
