@@ -187,42 +187,48 @@ func attentionForward(
 }
 
 /// Row t (0 ..< rows, global position firstRow + t) of a [rows, columns] score block becomes
-/// softmax over columns 0 ... firstRow + t, and zeros after; one pass for the maximum, one for
-/// exp and the sum (16 lanes, summed in a fixed order), one to normalise.
+/// softmax over columns 0 ... firstRow + t (`softmaxRow`), and zeros after.
 @inline(__always)
 func causalSoftmaxBlock(_ scores: UnsafeMutablePointer<Float>, rows: Int, columns: Int, firstRow: Int) {
-    typealias V = FastMath.Vector
     for t in 0..<rows {
         let row = scores + t * columns
         let valid = firstRow + t + 1
-        let full = valid & ~15
-        let tail = valid - full
-        var maxima = V(repeating: -.infinity)
-        var j = 0
-        while j < full {
-            maxima = FastMath.maximum(maxima, FastMath.load(row + j))
-            j += 16
-        }
-        if tail > 0 { maxima = FastMath.maximum(maxima, FastMath.loadPartial(row + full, count: tail, fill: -.infinity)) }
-        let maximum = V(repeating: maxima.max())
-        var sums = V()
-        j = 0
-        while j < full {
-            let e = FastMath.exp(FastMath.load(row + j) - maximum)
-            FastMath.store(e, row + j)
-            sums += e
-            j += 16
-        }
-        if tail > 0 {
-            var e = FastMath.exp(FastMath.loadPartial(row + full, count: tail, fill: 0) - maximum)
-            for lane in tail..<16 { e[lane] = 0 }
-            FastMath.storePartial(e, row + full, count: tail)
-            sums += e
-        }
-        let inverse = 1 / sums.sum()
-        for j in 0..<valid { row[j] *= inverse }
+        softmaxRow(row, count: valid)
         for j in valid..<columns { row[j] = 0 }
     }
+}
+
+/// Softmax, in place, of `count` (≥ 1) scores: one pass for the maximum, one for exp and the sum
+/// (16 lanes, summed in a fixed order), one to normalise.
+@inline(__always)
+func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int) {
+    typealias V = FastMath.Vector
+    let full = count & ~15
+    let tail = count - full
+    var maxima = V(repeating: -.infinity)
+    var j = 0
+    while j < full {
+        maxima = FastMath.maximum(maxima, FastMath.load(row + j))
+        j += 16
+    }
+    if tail > 0 { maxima = FastMath.maximum(maxima, FastMath.loadPartial(row + full, count: tail, fill: -.infinity)) }
+    let maximum = V(repeating: maxima.max())
+    var sums = V()
+    j = 0
+    while j < full {
+        let e = FastMath.exp(FastMath.load(row + j) - maximum)
+        FastMath.store(e, row + j)
+        sums += e
+        j += 16
+    }
+    if tail > 0 {
+        var e = FastMath.exp(FastMath.loadPartial(row + full, count: tail, fill: 0) - maximum)
+        for lane in tail..<16 { e[lane] = 0 }
+        FastMath.storePartial(e, row + full, count: tail)
+        sums += e
+    }
+    let inverse = 1 / sums.sum()
+    for j in 0..<count { row[j] *= inverse }
 }
 
 /// Backward of `attentionForward` from dy [B, T, H·d]: writes dq (post-RoPE) and adds into dk, dv,

@@ -8,6 +8,8 @@ import Tensor
 public final class Embedding {
     public let vocabularySize: Int
     public let size: Int
+    /// PyTorch's `padding_idx`: rows of this id are looked up but get no gradient (BERT's `pad_token_id`).
+    public let paddingIndex: Int32?
     /// [vocabularySize, size], Hugging Face's `embed_tokens.weight`.
     public let weight: Parameter
     /// Token ids [batch · length], kept from forward for p1.
@@ -17,10 +19,11 @@ public final class Embedding {
 
     /// `weight`, when given, is a [vocabularySize, size] parameter shared with another layer (a tied
     /// output projection); otherwise the embedding gets its own.
-    public init(vocabularySize: Int, size: Int, weight: Parameter? = nil) {
+    public init(vocabularySize: Int, size: Int, paddingIndex: Int32? = nil, weight: Parameter? = nil) {
         precondition(weight.map { $0.value.shape == [vocabularySize, size] } ?? true, "Embedding: shared weight of the wrong shape")
         self.vocabularySize = vocabularySize
         self.size = size
+        self.paddingIndex = paddingIndex
         self.weight = weight ?? Parameter(name: "weight", shape: [vocabularySize, size])
     }
 
@@ -58,11 +61,11 @@ public final class Embedding {
         try pending.put((tokens, outputGradient), for: microBatch)
     }
 
-    /// p2: dweight[tokens[i]] += dy[i], tokens in order.
+    /// p2: dweight[tokens[i]] += dy[i], tokens in order, except the padding index.
     public func backwardWeight(_ work: WeightGradientWork) throws {
         for stash in try pending.take(work) {
             stash.tokens.withUnsafeBufferPointer { ids in
-                for (row, id) in ids.enumerated() {
+                for (row, id) in ids.enumerated() where id != paddingIndex {
                     let source = stash.outputGradient.pointer + row * size
                     let target = weight.gradient.pointer + Int(id) * size
                     for i in 0..<size { target[i] += source[i] }
