@@ -14,11 +14,15 @@ public final class Linear: Layer {
     /// (x [rows, in], dy [rows, out]) kept from p1 for p2.
     private var pending = MicroBatchStore<(input: Tensor, outputGradient: Tensor)>("Linear p2 stash")
 
-    public init(inputSize: Int, outputSize: Int, bias: Bool = false) {
+    /// The weight starts at the model's normal scale and the bias at zero unless a family says
+    /// otherwise (Mamba's `dt_proj` and `out_proj`).
+    public init(inputSize: Int, outputSize: Int, bias: Bool = false,
+                weightInitialization: Parameter.Initialization = .normal(std: nil),
+                biasInitialization: Parameter.Initialization = .constant(0)) {
         self.inputSize = inputSize
         self.outputSize = outputSize
-        weight = Parameter(name: "weight", shape: [outputSize, inputSize])
-        self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: .constant(0)) : nil
+        weight = Parameter(name: "weight", shape: [outputSize, inputSize], initialization: weightInitialization)
+        self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: biasInitialization) : nil
     }
 
     public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }
