@@ -10,8 +10,9 @@ import Tensor
 /// the end). In the same pass over dy it reduces dweight[c, k] = Σ_{b,t} dy[b, t, c] · x[b, t + k − (K − 1), c]
 /// and dbias[c] = Σ dy[b, t, c] into a [K + 1, channels] partial per micro-batch, which p2 adds to the gradients:
 /// deferring the reduction itself would keep x and dy alive from p1 to p2 (in the mixer 2 · intermediate floats
-/// per token, on top of the ~5 · intermediate its projections stash) for a pass that is a small part of p1.
-/// Both loops run 16 channels at a time.
+/// per token, on top of the ~5 · intermediate its projections stash) for a reduction that costs p1 little
+/// (measured at 768 channels, kernel 4, 4 × 256 tokens: p1 1.4 ms with the partial, 0.7 ms without; the
+/// mixer's whole p1 is ~120 ms). Both loops run 16 channels at a time.
 public final class CausalDepthwiseConv1d: Layer {
     public let channels: Int
     public let kernelSize: Int
