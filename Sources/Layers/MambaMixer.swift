@@ -81,7 +81,7 @@ public struct MambaMixerConfiguration: Equatable, Sendable {
 ///     out     = out_proj(y)                         [rows, hidden]
 ///
 /// The forward keeps, per micro-batch, in_proj's output (x for the convolution's weight gradient, z for the
-/// gate), the convolution's output before SiLU, x_proj's and dt_proj's outputs (B, C and δ): ~5E + r + 2N
+/// gate), the convolution's output before SiLU, x_proj's and dt_proj's outputs (B, C and δ): 4E + r + 2N
 /// floats a token besides what the projections keep (their inputs). The scan's states are not kept; p1
 /// recomputes them (see `SelectiveScan`).
 ///
@@ -89,7 +89,7 @@ public struct MambaMixerConfiguration: Equatable, Sendable {
 /// into x_proj's), dt_proj's p1 (dΔ into x_proj's gradient), x_proj's p1 (added to the scan's dx), SiLU's and the
 /// convolution's backward (dx into the x half) and in_proj's p1.
 ///
-/// p2 accumulates every parameter's gradient. The five projections' weights and biases (dt_proj's bias, the Δ bias,
+/// p2 accumulates every parameter's gradient. The four projections' weights and biases (dt_proj's bias, the Δ bias,
 /// included) come from their stashed inputs and output gradients, so under `.allPending` each is one GEMM over the
 /// concatenated micro-batches. A_log's gradient needs every step's dh_t and h_{t−1}, which exist only inside the
 /// scan's reverse sweep, and D's is a by-product of that sweep; the convolution's weight and bias gradients are a
