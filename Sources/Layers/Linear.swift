@@ -14,14 +14,17 @@ public final class Linear: Layer {
     /// (x [rows, in], dy [rows, out]) kept from p1 for p2.
     private var pending = MicroBatchStore<(input: Tensor, outputGradient: Tensor)>("Linear p2 stash")
 
-    /// `weight`, when given, is a [outputSize, inputSize] parameter this projection shares with
-    /// another layer (a tied embedding); otherwise it gets its own.
-    public init(inputSize: Int, outputSize: Int, bias: Bool = false, weight: Parameter? = nil) {
+    /// The weight starts at the model's normal scale and the bias at zero unless a family says
+    /// otherwise (Mamba's `dt_proj` and `out_proj`). `weight`, when given, is a [outputSize, inputSize]
+    /// parameter this projection shares with another layer (a tied embedding).
+    public init(inputSize: Int, outputSize: Int, bias: Bool = false, weight: Parameter? = nil,
+                weightInitialization: Parameter.Initialization = .normal(std: nil),
+                biasInitialization: Parameter.Initialization = .constant(0)) {
         precondition(weight.map { $0.value.shape == [outputSize, inputSize] } ?? true, "Linear: shared weight of the wrong shape")
         self.inputSize = inputSize
         self.outputSize = outputSize
-        self.weight = weight ?? Parameter(name: "weight", shape: [outputSize, inputSize])
-        self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: .constant(0)) : nil
+        self.weight = weight ?? Parameter(name: "weight", shape: [outputSize, inputSize], initialization: weightInitialization)
+        self.bias = bias ? Parameter(name: "bias", shape: [outputSize], initialization: biasInitialization) : nil
     }
 
     public var parameters: [Parameter] { [weight] + (bias.map { [$0] } ?? []) }

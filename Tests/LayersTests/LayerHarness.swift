@@ -92,8 +92,9 @@ func checkSplitBackward(_ context: String, microBatches: Int, _ make: () -> Spli
 /// the Float output matches it, and dx and every dW match central differences of Σ r · reference(x)
 /// for a random r. `apply`, when given, is the layer's inference path and must equal forward bit for bit.
 /// Parameters named in `vanishingGradients` have an exactly zero true gradient (attention's key bias:
-/// softmax ignores a shift shared by a whole row of scores), so differences have nothing to compare
-/// relatively; their analytic gradient must instead be rounding-small against the largest other one.
+/// softmax ignores a shift shared by a whole row of scores; Mamba's A_log over a single step), so
+/// differences have nothing to compare relatively; their analytic gradient must instead be
+/// rounding-small against the largest other one.
 func checkLayerGradients(
     _ context: String, _ layer: Layer, input: Tensor, apply: ((Tensor) throws -> Tensor)? = nil,
     vanishingGradients: Set<String> = [],
