@@ -3,10 +3,12 @@ computes the loss `twobp eval` reports, for comparing the two.
 
     python3 scripts/check-transformers.py STEP_FOLDER DATA SEQ_LEN WINDOWS
 
-Needs torch and transformers (not needed by the build or the tests):
-    python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch transformers
+Needs torch and transformers (not needed by the build or the tests), in the environment
+scripts/setup-reference-venv.sh makes (it prints the interpreter to run this with).
 Prints the mean cross-entropy in nats per byte over the first WINDOWS windows of
-SEQ_LEN + 1 bytes of DATA, as `twobp eval --seq-len SEQ_LEN --max-windows WINDOWS` does.
+SEQ_LEN + 1 bytes of DATA, as `twobp eval --seq-len SEQ_LEN --max-windows WINDOWS` does, and
+whether lm_head shares the embedding's storage (a checkpoint of tie_word_embeddings = true
+holds only model.embed_tokens.weight; transformers ties lm_head to it on load).
 """
 import json
 import sys
@@ -24,5 +26,8 @@ with torch.no_grad():
         logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), batch[:, 1:].reshape(-1), reduction="sum")
         total += loss.item()
-print(json.dumps({"loss": total / (windows * length), "windows": windows, "sequence_length": length,
+tied = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+if tied != model.config.tie_word_embeddings:
+    sys.exit(f"lm_head {'shares' if tied else 'does not share'} the embedding, but tie_word_embeddings is {model.config.tie_word_embeddings}")
+print(json.dumps({"loss": total / (windows * length), "windows": windows, "sequence_length": length, "tied": tied,
                   "transformers": __import__("transformers").__version__, "torch": torch.__version__}))
