@@ -92,8 +92,7 @@ func windowMaximum(
     pixel: Int, _ window: WindowGeometry
 ) {
     let channels = window.channels
-    let (b, oh, ow) = (pixel / (window.outputHeight * window.outputWidth), (pixel / window.outputWidth) % window.outputHeight,
-                       pixel % window.outputWidth)
+    let (b, oh, ow) = window.position(of: pixel)
     let rows = window.span(oh, size: window.height)
     let cols = window.span(ow, size: window.width)
     let first = (b * window.height + rows.start + rows.low) * window.width + cols.start + cols.low

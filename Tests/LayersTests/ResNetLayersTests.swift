@@ -24,15 +24,20 @@ final class ResNetLayersTests: XCTestCase {
             let smallest = max(kernel - 2 * padding, (kernel + 1) / 2)
             let (height, width) = (generator.int(smallest...smallest + 5), generator.int(smallest...smallest + 5))
             let shape = ImageShape(batch: generator.int(1...2), height: height, width: width, channels: inputChannels)
+            // Blocks of 1 to 7 output pixels, so that im2col, col2im and p2 run over many blocks and p2's
+            // blocks straddle micro-batches; the last configuration keeps the default (one block).
+            let blockPixels = draw == configurations.count - 1 ? nil : generator.int(1...7)
+            let blockFloats = blockPixels.map { $0 * kernel * kernel * inputChannels } ?? Conv2d.defaultBlockFloats
             let make = { (seed: UInt64) -> Conv2d in
                 let layer = Conv2d(inputChannels: inputChannels, outputChannels: outputChannels, kernelSize: kernel,
-                                   stride: stride, padding: padding, bias: bias)
+                                   stride: stride, padding: padding, bias: bias, blockFloats: blockFloats)
                 var generator = makeGenerator(seed)
                 randomize(layer.parameters, std: 0.5, &generator)
                 return layer
             }
             let layer = make(UInt64(100 + draw))
-            let context = "Conv2d \(inputChannels)→\(outputChannels) \(kernel)x\(kernel) stride \(stride) padding \(padding)\(bias ? " bias" : "") on \(shape)"
+            let context = "Conv2d \(inputChannels)→\(outputChannels) \(kernel)x\(kernel) stride \(stride) padding \(padding)"
+                + "\(bias ? " bias" : "") on \(shape), blocks of \(blockPixels.map(String.init) ?? "all") pixels"
             let reference = { (x: [Double], w: Weights) -> Image in
                 ResNetReference.conv2d(Image(values: x, shape: shape), weight: w["weight"], bias: bias ? w["bias"] : nil,
                                        outputChannels: outputChannels, kernel: kernel, stride: stride, padding: padding)
