@@ -48,7 +48,7 @@ public final class MaxPool2d: Layer {
         let window = try WindowGeometry(batch: input.shape[0], height: input.shape[1], width: input.shape[2], channels: input.shape[3],
                                         kernel: kernelSize, stride: stride, padding: padding, layer: "MaxPool2d")
         let output = Tensor(uninitialized: [window.batch, window.outputHeight, window.outputWidth, window.channels])
-        let positions = UnsafeMutablePointer<Int>.allocate(capacity: window.channels)
+        let positions = UnsafeMutablePointer<Int32>.allocate(capacity: window.channels)
         defer { positions.deallocate() }
         for pixel in 0..<window.outputPixels {
             windowMaximum(output.pointer + pixel * window.channels, positions, input.pointer, pixel: pixel, window)
@@ -65,7 +65,7 @@ public final class MaxPool2d: Layer {
         let inputGradient = Tensor(zeros: input.shape)
         let channels = window.channels
         let maxima = UnsafeMutablePointer<Float>.allocate(capacity: channels)
-        let positions = UnsafeMutablePointer<Int>.allocate(capacity: channels)
+        let positions = UnsafeMutablePointer<Int32>.allocate(capacity: channels)
         defer {
             maxima.deallocate()
             positions.deallocate()
@@ -73,7 +73,7 @@ public final class MaxPool2d: Layer {
         for pixel in 0..<window.outputPixels {
             windowMaximum(maxima, positions, input.pointer, pixel: pixel, window)
             let dy = outputGradient.pointer + pixel * channels
-            for c in 0..<channels { inputGradient.pointer[positions[c] * channels + c] += dy[c] }
+            for c in 0..<channels { inputGradient.pointer[Int(positions[c]) * channels + c] += dy[c] }
         }
         try pending.put((), for: microBatch)
         return inputGradient
@@ -86,27 +86,34 @@ public final class MaxPool2d: Layer {
 
 /// Per channel, the maximum of x over output pixel `pixel`'s window (into `maxima` [channels]) and the
 /// input pixel it came from (into `positions`, a pixel index of x): rows then columns, first maximum
-/// kept, NaN taking over; starts at −∞ on the window's first image pixel.
+/// kept, NaN taking over; starts at −∞ on the window's first image pixel. 16 channels at a time by
+/// compare-and-select, as a scalar loop's branch mispredicts on random data.
 func windowMaximum(
-    _ maxima: UnsafeMutablePointer<Float>, _ positions: UnsafeMutablePointer<Int>, _ x: UnsafePointer<Float>,
+    _ maxima: UnsafeMutablePointer<Float>, _ positions: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>,
     pixel: Int, _ window: WindowGeometry
 ) {
     let channels = window.channels
     let (b, oh, ow) = window.position(of: pixel)
     let rows = window.span(oh, size: window.height)
     let cols = window.span(ow, size: window.width)
-    let first = (b * window.height + rows.start + rows.low) * window.width + cols.start + cols.low
-    maxima.update(repeating: -.infinity, count: channels)
-    positions.update(repeating: first, count: channels)
-    for kh in rows.low..<rows.high {
-        for kw in cols.low..<cols.high {
-            let position = (b * window.height + rows.start + kh) * window.width + cols.start + kw
-            let values = x + position * channels
-            for c in 0..<channels where values[c] > maxima[c] || values[c].isNaN {
-                maxima[c] = values[c]
-                positions[c] = position
+    let first = Int32((b * window.height + rows.start + rows.low) * window.width + cols.start + cols.low)
+    var c0 = 0
+    while c0 < channels {
+        let lanes = Swift.min(16, channels - c0)
+        var maximum = FastMath.Vector(repeating: -.infinity)
+        var position = SIMD16<Int32>(repeating: first)
+        for kh in rows.low..<rows.high {
+            for kw in cols.low..<cols.high {
+                let pixel = (b * window.height + rows.start + kh) * window.width + cols.start + kw
+                let value = FastMath.load(x + pixel * channels + c0, count: lanes, fill: -.infinity)
+                let takes = (value .> maximum) .| (value .!= value)
+                maximum = maximum.replacing(with: value, where: takes)
+                position = position.replacing(with: Int32(pixel), where: takes)
             }
         }
+        FastMath.store(maximum, maxima + c0, count: lanes)
+        for lane in 0..<lanes { positions[c0 + lane] = position[lane] }
+        c0 += 16
     }
 }
 
