@@ -62,7 +62,21 @@ func checkedSequenceShape(of input: Tensor, size: Int, layer: String) throws -> 
     return (input.shape[0], input.shape[1])
 }
 
+/// (batch, height, width) of a channels-last [batch, height, width, channels] image activation,
+/// or a `TwoBPError` naming `layer`.
+func checkedImageShape(of input: Tensor, channels: Int, layer: String) throws -> (batch: Int, height: Int, width: Int) {
+    guard input.shape.count == 4, input.shape[3] == channels else {
+        throw TwoBPError("\(layer): expected [batch, height, width, \(channels)], got \(input.shape)")
+    }
+    return (input.shape[0], input.shape[1], input.shape[2])
+}
+
 /// The parameters of named sublayers, each renamed `name.parameter` as in a PyTorch module tree.
 func prefixedParameters(_ parts: [(name: String, layer: Layer)]) -> [Parameter] {
     parts.flatMap { part in part.layer.parameters.map { $0.prefixed(part.name) } }
+}
+
+/// The buffers of named sublayers, each renamed `name.buffer` as in a PyTorch module tree.
+func prefixedBuffers(_ parts: [(name: String, layer: Layer)]) -> [Buffer] {
+    parts.flatMap { part in part.layer.buffers.map { $0.prefixed(part.name) } }
 }

@@ -40,11 +40,7 @@ public final class Linear: Layer {
         precondition(input.columnCount == inputSize, "Linear(\(inputSize)→\(outputSize)) given \(input.shape)")
         // Every element is written: by the bias rows, or by the GEMM with beta 0.
         let output = Tensor(uninitialized: Array(input.shape.dropLast()) + [outputSize])
-        if let bias {
-            for row in 0..<output.rowCount {
-                (output.pointer + row * outputSize).update(from: bias.value.pointer, count: outputSize)
-            }
-        }
+        if let bias { fillRows(output.pointer, with: bias.value.pointer, rows: output.rowCount, columns: outputSize) }
         BLAS.matmul(output, input, weight.value, transposeB: true, accumulate: bias != nil)
         return output
     }
@@ -74,12 +70,19 @@ public final class Linear: Layer {
         let input = stashes.count == 1 ? stashes[0].input : Tensor.concatenateRows(stashes.map { $0.input.reshaped([$0.input.rowCount, inputSize]) })
         let outputGradient = stashes.count == 1 ? stashes[0].outputGradient : Tensor.concatenateRows(stashes.map { $0.outputGradient.reshaped([$0.outputGradient.rowCount, outputSize]) })
         BLAS.matmul(weight.gradient, outputGradient, transposeA: true, input, accumulate: true)
-        if let bias {
-            let db = bias.gradient.pointer
-            for row in 0..<outputGradient.rowCount {
-                let dy = outputGradient.pointer + row * outputSize
-                for j in 0..<outputSize { db[j] += dy[j] }
-            }
-        }
+        if let bias { addColumnSums(bias.gradient.pointer, outputGradient.pointer, rows: outputGradient.rowCount, columns: outputSize) }
+    }
+}
+
+/// Every row of `matrix` [rows, columns] becomes a copy of `row` [columns] (a bias before its GEMM).
+func fillRows(_ matrix: UnsafeMutablePointer<Float>, with row: UnsafePointer<Float>, rows: Int, columns: Int) {
+    for r in 0..<rows { (matrix + r * columns).update(from: row, count: columns) }
+}
+
+/// sums[j] += Σ_r matrix[r, j], rows in order (a bias gradient).
+func addColumnSums(_ sums: UnsafeMutablePointer<Float>, _ matrix: UnsafePointer<Float>, rows: Int, columns: Int) {
+    for r in 0..<rows {
+        let row = matrix + r * columns
+        for j in 0..<columns { sums[j] += row[j] }
     }
 }
