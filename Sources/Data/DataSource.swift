@@ -37,6 +37,17 @@ public struct ThroughputUnit: Sendable, Equatable, Codable {
 
 /// The data source a model trains on by default, from its config's `DataKind`.
 public enum DataSources {
+    /// Where a model of `kind` finds its data when none is given: what scripts/setup-data.sh
+    /// builds, else the shared copy beside the checkout (relative to the working directory).
+    public static func defaultFile(for kind: DataKind) -> URL {
+        let candidates: [String]
+        switch kind {
+        case .causalText:
+            candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
+        }
+        return URL(fileURLWithPath: candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0])
+    }
+
     /// Opens `url` as the data of `model`, with samples of `sampleLength`.
     public static func open(_ url: URL, for model: any ModelConfig, sampleLength: Int) throws -> any DataSource {
         switch model.dataKind {

@@ -1,3 +1,4 @@
+import Data
 import Files
 import Foundation
 import Models
@@ -113,5 +114,40 @@ public enum Evaluation {
         let predicted = windows * sequenceLength
         return EvaluationResult(loss: total / Double(predicted), windows: windows, tokens: predicted,
                                 sequenceLength: sequenceLength)
+    }
+}
+
+/// What `twobp eval` measured on a data source's held-out part.
+public struct HeldOutEvaluation: Encodable {
+    /// Every loss term (`ModelConfig.lossTerms`), the mean over the batches.
+    public let terms: [(name: String, value: Double)]
+    public let batches: Int
+    public let samples: Int
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: JSONKey.self)
+        for (name, value) in terms { try container.encodeFinite(value, forKey: JSONKey(name)) }
+        try container.encode(batches, forKey: JSONKey("batches"))
+        try container.encode(samples, forKey: JSONKey("samples"))
+    }
+
+    /// Writes the terms, batches and samples as indented JSON to `url` (atomically).
+    public func writeJSON(to url: URL) throws {
+        try FileIO.writeDurably(url, bytes: [UInt8](JSONLines.pretty(self)))
+    }
+}
+
+extension Evaluation {
+    /// The mean of every loss term of `model` (a whole model) over `source`'s held-out batches of
+    /// `batchSize` samples, at most `maxBatches` of them, through the evaluation path.
+    public static func evaluateHeldOut(model: ModelChunk, terms names: [String], source: any DataSource, batchSize: Int,
+                                       maxBatches: Int?) throws -> HeldOutEvaluation {
+        let batches = try source.validationBatches(batchSize: batchSize, limit: maxBatches)
+        var totals = [Double](repeating: 0, count: names.count)
+        for batch in batches {
+            totals = zip(totals, try model.evaluateLoss(batch)).map(+)
+        }
+        return HeldOutEvaluation(terms: zip(names, totals).map { ($0, $1 / Double(batches.count)) }, batches: batches.count,
+                                 samples: batches.reduce(0) { $0 + $1.sampleCount })
     }
 }

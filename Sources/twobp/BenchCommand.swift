@@ -100,7 +100,7 @@ struct PipelineBenchCommand: ParsableCommand {
     @Option(help: "How stages talk: threads or mpi (under mpirun, one rank per stage).")
     var transport: TransportKind = .threads
 
-    @Option(help: "Text the batches come from (default: the Shakespeare corpus).")
+    @Option(help: "Data the batches come from (default: the model family's, e.g. the Shakespeare corpus for text models).")
     var data: String?
 
     @Option(help: "Write the result as JSON to this file.")
@@ -117,7 +117,7 @@ struct PipelineBenchCommand: ParsableCommand {
         let (config, sampleLength) = try modelOptions.resolve()
         let kinds = try schedules.split(separator: ",").map { try ScheduleKind(name: String($0)) }
         var settings = TrainingSettings(
-            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
+            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: config.dataKind), steps: steps,
             batchSize: batchSize, sampleLength: sampleLength, learningRate: 1e-3, warmupSteps: 0,
             seed: modelOptions.seed, evaluateEvery: nil, validationBatches: 1,
             pipeline: ScheduleRequest(kind: kinds[0], ranks: stages, microBatches: microBatches), showProgress: false)

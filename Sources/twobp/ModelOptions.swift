@@ -25,10 +25,3 @@ struct ModelOptions: ParsableArguments {
         return (config, length)
     }
 }
-
-/// The default corpus: the one the set-up script builds, else the shared copy beside the checkout.
-func defaultCorpus() -> URL {
-    let candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
-    let found = candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
-    return URL(fileURLWithPath: found)
-}

@@ -22,7 +22,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var pipeline: PipelineOptions
 
-    @Option(help: "Training text (bytes are tokens). Default: data/shakespeare.txt, else ../shared/data/shakespeare.txt.")
+    @Option(help: "Training data. Default: the model family's, built by scripts/setup-data.sh (text models: data/shakespeare.txt, else ../shared/data/shakespeare.txt; bytes are tokens).")
     var data: String?
 
     @Option(help: "Total optimizer steps of the run (a resumed run continues up to this).")
@@ -82,7 +82,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let (config, sampleLength) = try modelOptions.resolve()
         var settings = TrainingSettings(
-            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? defaultCorpus(), steps: steps,
+            model: config, data: data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: config.dataKind), steps: steps,
             batchSize: batchSize, sampleLength: sampleLength, learningRate: lr,
             warmupSteps: warmup ?? min(100, steps / 10), seed: modelOptions.seed, evaluateEvery: evalEvery,
             validationBatches: evalBatches, pipeline: try pipeline.request())
