@@ -16,7 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        /// OpenBLAS 0.3.34 from PyPI's scipy-openblas32 wheel; scripts/install-deps.sh installs it and its pkg-config file.
+        .systemLibrary(name: "CBLAS", pkgConfig: "scipy-openblas"),
         .systemLibrary(name: "CMPI", pkgConfig: "mpi", providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "CMPIShim", dependencies: ["CMPI"]),
         .target(name: "Tensor", dependencies: ["CBLAS"], swiftSettings: kernelSettings),

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 sensitive='^(LayersTests\.|ModelsTests\.|PipelineTests\.PipelineEquivalenceTests/|TrainingTests\.(EvalTests|TrainerResumeTests)/)'
 kernel_name() {
-    python3 -c 'import ctypes; b = ctypes.CDLL("libopenblas.so.0"); b.openblas_get_corename.restype = ctypes.c_char_p; print(b.openblas_get_corename().decode())'
+    python3 -c 'import ctypes; b = ctypes.CDLL("libscipy_openblas.so"); b.scipy_openblas_get_corename.restype = ctypes.c_char_p; print(b.scipy_openblas_get_corename().decode())'
 }
 if [ "${1:-}" = "--kernel" ]; then
     export OPENBLAS_CORETYPE="${2:?--kernel needs a name, e.g. Prescott}"

@@ -1,15 +1,18 @@
 import CBLAS
 
-/// Matrix products through Debian's OpenBLAS, row-major, with transpose flags instead of copies.
+/// Matrix products through OpenBLAS 0.3.34 (PyPI's scipy-openblas32, symbols prefixed `scipy_`),
+/// row-major, with transpose flags instead of copies.
 public enum BLAS {
-    /// OpenBLAS threads per process. TwoBP runs one per pipeline stage so stages do not fight over cores.
+    /// OpenBLAS threads per process (the wheel does not export the per-thread
+    /// `openblas_set_num_threads_local` its header declares). TwoBP runs cores / stages per
+    /// pipeline stage, so stages do not fight over cores.
     public static func setThreads(_ count: Int) {
-        openblas_set_num_threads(Int32(count))
+        scipy_openblas_set_num_threads(Int32(count))
     }
 
     /// The kernel OpenBLAS picked for this CPU (honours OPENBLAS_CORETYPE), for benchmark reports.
     public static var coreName: String {
-        guard let name = openblas_get_corename() else { return "unknown" }
+        guard let name = scipy_openblas_get_corename() else { return "unknown" }
         return String(cString: name)
     }
 
@@ -23,7 +26,7 @@ public enum BLAS {
     ) {
         guard m > 0, n > 0 else { return }
         GEMMProfile.shared.measure(flops: 2 * Double(m) * Double(n) * Double(k)) {
-            cblas_sgemm(
+            scipy_cblas_sgemm(
                 CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         }
