@@ -51,6 +51,9 @@ public enum Profiler {
         public var backwardWeight: Double
         /// Measured `W*` seconds by micro-batch count k (1, 2, 4, ..., M).
         public var concatenated: [Int: Double]
+        /// Seconds of k single-micro-batch p2s run one after another after the same k p1s, by k:
+        /// what `W*` must not exceed (both read stashes equally far back in the cache).
+        public var separate: [Int: Double]
         public var activationBytes: Int
         public var stashBytes: Int
         /// 4 × parameters × 4 bytes: fp32 weights, gradients, AdamW m and v.
@@ -192,10 +195,12 @@ public enum Profiler {
                 return tensor
             }
 
-            var forwardTimes: [Double] = [], inputTimes: [Double] = [], weightTimes: [Int: [Double]] = [:]
+            var forwardTimes: [Double] = [], inputTimes: [Double] = []
+            var weightTimes: [Int: [Double]] = [:], separateTimes: [Int: [Double]] = [:]
             var activationBytes = 0, stashBytes = 0
-            /// F, p1 of k micro-batches, then one p2 over them; records times when `record`.
-            func round(_ k: Int, record: Bool) throws {
+            /// F, p1 of k micro-batches, then one p2 over them (or, when `separately`, one p2 per
+            /// micro-batch); records times when `record`.
+            func round(_ k: Int, separately: Bool = false, record: Bool) throws {
                 for m in 0..<k {
                     let before = meter.liveBytes
                     try scoped {
@@ -218,18 +223,27 @@ public enum Profiler {
                     }
                     if m == 0 { stashBytes = activationBytes + meter.liveBytes - before }
                 }
-                let time = try seconds { try chunk.backwardWeight(k == 1 ? .microBatch(0) : .allPending) }
-                if record { weightTimes[k, default: []].append(time) }
+                if separately {
+                    let time = try seconds { for m in 0..<k { try chunk.backwardWeight(.microBatch(m)) } }
+                    if record { separateTimes[k, default: []].append(time) }
+                } else {
+                    let time = try seconds { try chunk.backwardWeight(k == 1 ? .microBatch(0) : .allPending) }
+                    if record { weightTimes[k, default: []].append(time) }
+                }
             }
             try round(1, record: false)  // warm-up: first-touch allocations, BLAS buffers
             for _ in 0..<settings.repeats {
-                for k in counts { try round(k, record: true) }
+                for k in counts {
+                    try round(k, record: true)
+                    if k > 1 { try round(k, separately: true, record: true) }
+                }
             }
             let concatenated = weightTimes.mapValues(median)
+            let separate = separateTimes.mapValues(median).merging([1: concatenated[1] ?? 0]) { measured, _ in measured }
             return StageProfile(
                 stage: stage, firstUnit: units.lowerBound, endUnit: units.upperBound, parameters: parameters,
                 forward: median(forwardTimes), backwardInput: median(inputTimes), backwardWeight: concatenated[1] ?? 0,
-                concatenated: concatenated, activationBytes: max(0, activationBytes), stashBytes: max(0, stashBytes),
+                concatenated: concatenated, separate: separate, activationBytes: max(0, activationBytes), stashBytes: max(0, stashBytes),
                 staticBytes: 4 * parameters * MemoryLayout<Float>.stride, builtBytes: built)
         }
     }

@@ -63,19 +63,18 @@ public final class CausalSelfAttention: Layer {
         let key = try kProj.forward(input, microBatch: microBatch)
         let value = try vProj.forward(input, microBatch: microBatch)
         let probabilities = Tensor(uninitialized: [batch, headCount, causalPackedSize(length: length)])
-        let attended = attend(query: query, key: key, value: value, probabilities: probabilities, stride: causalPackedSize(length: length))
+        let attended = attend(query: query, key: key, value: value, probabilities: probabilities)
         let output = try oProj.forward(attended, microBatch: microBatch)
         try saved.put(Saved(query: query, key: key, value: value, probabilities: probabilities), for: microBatch)
         return output
     }
 
-    /// The forward computation alone, saving nothing (for inference): one
-    /// probability buffer (one head's packed blocks) serves every head in turn.
+    /// The forward computation alone, saving nothing (for inference): one probability buffer
+    /// (one head's packed blocks) per thread serves its heads in turn.
     public func apply(_ input: Tensor) throws -> Tensor {
-        let (_, length) = try checkedShape(input)
-        let scratch = Tensor(uninitialized: [causalPackedSize(length: length)])
+        _ = try checkedShape(input)
         let attended = attend(query: qProj.apply(input), key: kProj.apply(input), value: vProj.apply(input),
-                              probabilities: scratch, stride: 0)
+                              probabilities: nil)
         return oProj.apply(attended)
     }
 
@@ -86,9 +85,8 @@ public final class CausalSelfAttention: Layer {
         let queryGradient = Tensor(uninitialized: state.query.shape)  // dq GEMMs use beta 0
         let keyGradient = Tensor(zeros: state.key.shape)
         let valueGradient = Tensor(zeros: state.value.shape)
-        let scratch = Tensor(uninitialized: [Swift.min(attentionBlockSize, length) * length])
         attentionBackward(
-            dQuery: queryGradient.pointer, dKey: keyGradient.pointer, dValue: valueGradient.pointer, scratch: scratch.pointer,
+            dQuery: queryGradient.pointer, dKey: keyGradient.pointer, dValue: valueGradient.pointer,
             dOutput: attendedGradient.pointer, query: state.query.pointer, key: state.key.pointer, value: state.value.pointer,
             probabilities: state.probabilities.pointer,
             batch: batch, length: length, heads: headCount, keyValueHeads: keyValueHeadCount, headSize: headSize)
@@ -113,14 +111,14 @@ public final class CausalSelfAttention: Layer {
     }
 
     /// RoPE on q and k (in place), then y [batch, length, hiddenSize] = causal attention; head (b, h)'s
-    /// probabilities go to `probabilities + (b · H + h) · stride`.
-    private func attend(query: Tensor, key: Tensor, value: Tensor, probabilities: Tensor, stride: Int) -> Tensor {
+    /// probabilities go to its slice of `probabilities` when given (kept for p1).
+    private func attend(query: Tensor, key: Tensor, value: Tensor, probabilities: Tensor?) -> Tensor {
         let (batch, length) = (query.shape[0], query.shape[1])
         rotary.rotate(query, heads: headCount)
         rotary.rotate(key, heads: keyValueHeadCount)
         let output = Tensor(uninitialized: query.shape)  // every head's columns written with beta 0
         attentionForward(
-            output: output.pointer, probabilities: probabilities.pointer, probabilityStride: stride,
+            output: output.pointer, probabilities: probabilities?.pointer,
             query: query.pointer, key: key.pointer, value: value.pointer,
             batch: batch, length: length, heads: headCount, keyValueHeads: keyValueHeadCount, headSize: headSize)
         return output
@@ -149,38 +147,58 @@ func causalPackedSize(length: Int) -> Int {
 
 /// Causal attention of q [B, T, H·d] against k, v [B, T, KV·d] into y [B, T, H·d]:
 /// per (b, h), `P = softmax(scale · q_bh k_bgᵀ)` masked to j ≤ t (written packed, see
-/// `attentionBlockSize`, at `probabilities + (b·H + h) · probabilityStride`, zero above the diagonal
+/// `attentionBlockSize`, at `probabilities + (b·H + h) · causalPackedSize(length:)` unless nil, zero above the diagonal
 /// inside the diagonal blocks) and `y_bh = P v_bg`, with g = h / (H / KV) and scale = 1 / sqrt(d).
 func attentionForward(
-    output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>, probabilityStride: Int,
+    output: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>?,
     query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>,
     batch: Int, length: Int, heads: Int, keyValueHeads: Int, headSize: Int
 ) {
     let (queryWidth, keyWidth) = (heads * headSize, keyValueHeads * headSize)
     let group = heads / keyValueHeads
     let scale = 1 / Float(headSize).squareRoot()
-    for b in 0..<batch {
-        for h in 0..<heads {
-            let q = query + b * length * queryWidth + h * headSize
-            let k = key + b * length * keyWidth + (h / group) * headSize
-            let v = value + b * length * keyWidth + (h / group) * headSize
-            let y = output + b * length * queryWidth + h * headSize
-            var p = probabilities + (b * heads + h) * probabilityStride
-            var r0 = 0
-            while r0 < length {
-                let rows = Swift.min(attentionBlockSize, length - r0)
-                let columns = r0 + rows
-                // S_i = scale · q_i k[0 ..< columns]ᵀ, [rows, columns]
-                BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
-                          alpha: scale, a: q + r0 * queryWidth, lda: queryWidth, b: k, ldb: keyWidth,
-                          beta: 0, c: p, ldc: columns)
-                causalSoftmaxBlock(p, rows: rows, columns: columns, firstRow: r0)
-                // y_i = P_i v[0 ..< columns], [rows, d] inside y's rows
-                BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
-                          a: p, lda: columns, b: v, ldb: keyWidth,
-                          beta: 0, c: y + r0 * queryWidth, ldc: queryWidth)
-                p += rows * columns
-                r0 += rows
+    let packedSize = causalPackedSize(length: length)
+    // Without a probability buffer (inference) each thread reuses one head's worth.
+    let partScratch = probabilities == nil ? packedSize : 0
+    forEachHeadGroup(batch: batch, heads: heads, keyValueHeads: keyValueHeads, partScratch: partScratch) { scratch, b, h in
+        let q = query + b * length * queryWidth + h * headSize
+        let k = key + b * length * keyWidth + (h / group) * headSize
+        let v = value + b * length * keyWidth + (h / group) * headSize
+        let y = output + b * length * queryWidth + h * headSize
+        var p = probabilities.map { $0 + (b * heads + h) * packedSize } ?? scratch
+        var r0 = 0
+        while r0 < length {
+            let rows = Swift.min(attentionBlockSize, length - r0)
+            let columns = r0 + rows
+            // S_i = scale · q_i k[0 ..< columns]ᵀ, [rows, columns]
+            BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
+                      alpha: scale, a: q + r0 * queryWidth, lda: queryWidth, b: k, ldb: keyWidth,
+                      beta: 0, c: p, ldc: columns)
+            causalSoftmaxBlock(p, rows: rows, columns: columns, firstRow: r0)
+            // y_i = P_i v[0 ..< columns], [rows, d] inside y's rows
+            BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
+                      a: p, lda: columns, b: v, ldb: keyWidth,
+                      beta: 0, c: y + r0 * queryWidth, ldc: queryWidth)
+            p += rows * columns
+            r0 += rows
+        }
+    }
+}
+
+/// Runs `body(scratch, b, h)` for every sequence b and query head h, the (sequence, key/value head)
+/// groups spread over `Parallel.threads`: each group's heads in order on one thread, so the dk and
+/// dv columns a group's heads add into are summed in the same order whatever the thread count.
+/// Each thread gets its own `partScratch` floats of scratch.
+@inline(__always)
+func forEachHeadGroup(batch: Int, heads: Int, keyValueHeads: Int, partScratch: Int,
+                      _ body: (_ scratch: UnsafeMutablePointer<Float>, _ b: Int, _ h: Int) -> Void) {
+    let group = heads / keyValueHeads
+    Parallel.forEachPart(of: batch * keyValueHeads) { groups in
+        let scratch = Tensor(uninitialized: [partScratch])
+        withExtendedLifetime(scratch) {
+            for index in groups {
+                let (b, g) = index.quotientAndRemainder(dividingBy: keyValueHeads)
+                for h in g * group..<(g + 1) * group { body(scratch.pointer, b, h) }
             }
         }
     }
@@ -233,10 +251,10 @@ func softmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int) {
 
 /// Backward of `attentionForward` from dy [B, T, H·d]: writes dq (post-RoPE) and adds into dk, dv,
 /// which must start zeroed (query heads sharing a key/value head add to the same columns).
-/// `scratch` holds one row block, at least attentionBlockSize · T floats: dP, then dS in place.
+/// Each thread's scratch holds one row block, attentionBlockSize · T floats: dP, then dS in place.
 func attentionBackward(
     dQuery: UnsafeMutablePointer<Float>, dKey: UnsafeMutablePointer<Float>, dValue: UnsafeMutablePointer<Float>,
-    scratch: UnsafeMutablePointer<Float>, dOutput: UnsafePointer<Float>,
+    dOutput: UnsafePointer<Float>,
     query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>, probabilities: UnsafePointer<Float>,
     batch: Int, length: Int, heads: Int, keyValueHeads: Int, headSize: Int
 ) {
@@ -244,34 +262,33 @@ func attentionBackward(
     let group = heads / keyValueHeads
     let scale = 1 / Float(headSize).squareRoot()
     let packedSize = causalPackedSize(length: length)
-    for b in 0..<batch {
-        for h in 0..<heads {
-            let queryOffset = b * length * queryWidth + h * headSize
-            let keyOffset = b * length * keyWidth + (h / group) * headSize
-            var p = probabilities + (b * heads + h) * packedSize
-            var r0 = 0
-            while r0 < length {
-                let rows = Swift.min(attentionBlockSize, length - r0)
-                let columns = r0 + rows
-                let dy = dOutput + queryOffset + r0 * queryWidth
-                // dP_i = dy_i v[0 ..< columns]ᵀ, [rows, columns]
-                BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
-                          a: dy, lda: queryWidth, b: value + keyOffset, ldb: keyWidth, beta: 0, c: scratch, ldc: columns)
-                // dv[0 ..< columns] += P_iᵀ dy_i
-                BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
-                          a: p, lda: columns, b: dy, ldb: queryWidth, beta: 1, c: dValue + keyOffset, ldc: keyWidth)
-                // dS = P ⊙ (dP − Σ_j P dP), in place of dP; P is zero above the diagonal, so dS is too.
-                softmaxBackwardBlock(scratch, p, count: rows * columns, rows: rows, columns: columns)
-                // dq_i = scale · dS_i k[0 ..< columns], dk[0 ..< columns] += scale · dS_iᵀ q_i
-                BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
-                          alpha: scale, a: scratch, lda: columns, b: key + keyOffset, ldb: keyWidth,
-                          beta: 0, c: dQuery + queryOffset + r0 * queryWidth, ldc: queryWidth)
-                BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
-                          alpha: scale, a: scratch, lda: columns, b: query + queryOffset + r0 * queryWidth, ldb: queryWidth,
-                          beta: 1, c: dKey + keyOffset, ldc: keyWidth)
-                p += rows * columns
-                r0 += rows
-            }
+    let scratchSize = Swift.min(attentionBlockSize, length) * length
+    forEachHeadGroup(batch: batch, heads: heads, keyValueHeads: keyValueHeads, partScratch: scratchSize) { scratch, b, h in
+        let queryOffset = b * length * queryWidth + h * headSize
+        let keyOffset = b * length * keyWidth + (h / group) * headSize
+        var p = probabilities + (b * heads + h) * packedSize
+        var r0 = 0
+        while r0 < length {
+            let rows = Swift.min(attentionBlockSize, length - r0)
+            let columns = r0 + rows
+            let dy = dOutput + queryOffset + r0 * queryWidth
+            // dP_i = dy_i v[0 ..< columns]ᵀ, [rows, columns]
+            BLAS.gemm(transposeA: false, transposeB: true, m: rows, n: columns, k: headSize,
+                      a: dy, lda: queryWidth, b: value + keyOffset, ldb: keyWidth, beta: 0, c: scratch, ldc: columns)
+            // dv[0 ..< columns] += P_iᵀ dy_i
+            BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
+                      a: p, lda: columns, b: dy, ldb: queryWidth, beta: 1, c: dValue + keyOffset, ldc: keyWidth)
+            // dS = P ⊙ (dP − Σ_j P dP), in place of dP; P is zero above the diagonal, so dS is too.
+            softmaxBackwardBlock(scratch, p, count: rows * columns, rows: rows, columns: columns)
+            // dq_i = scale · dS_i k[0 ..< columns], dk[0 ..< columns] += scale · dS_iᵀ q_i
+            BLAS.gemm(transposeA: false, transposeB: false, m: rows, n: headSize, k: columns,
+                      alpha: scale, a: scratch, lda: columns, b: key + keyOffset, ldb: keyWidth,
+                      beta: 0, c: dQuery + queryOffset + r0 * queryWidth, ldc: queryWidth)
+            BLAS.gemm(transposeA: true, transposeB: false, m: columns, n: headSize, k: rows,
+                      alpha: scale, a: scratch, lda: columns, b: query + queryOffset + r0 * queryWidth, ldb: queryWidth,
+                      beta: 1, c: dKey + keyOffset, ldc: keyWidth)
+            p += rows * columns
+            r0 += rows
         }
     }
 }

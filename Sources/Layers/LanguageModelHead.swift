@@ -76,22 +76,29 @@ public final class LanguageModelHead {
 
 /// Σ_rows lossWeight · (logsumexp(logits_r) − logits_r[target_r]), in Double. With `writeGradient`,
 /// each row of `logits` [targets.count, vocabularySize] becomes lossWeight · (softmax − onehot(target)).
+/// Rows run in parallel; their losses are summed in row order afterwards, whatever the thread count.
 func crossEntropy(logits: UnsafeMutablePointer<Float>, targets: [Int32], vocabularySize: Int,
                   lossWeight: Float, writeGradient: Bool) -> Double {
-    var loss: Double = 0
-    for (row, target) in targets.enumerated() {
-        let z = logits + row * vocabularySize
-        var maximum = -Float.infinity
-        for j in 0..<vocabularySize { maximum = Swift.max(maximum, z[j]) }
-        var sum: Double = 0
-        for j in 0..<vocabularySize { sum += Double(Foundation.exp(z[j] - maximum)) }
-        let logNormaliser = Double(maximum) + Foundation.log(sum)
-        loss += Double(lossWeight) * (logNormaliser - Double(z[Int(target)]))
-        if writeGradient {
-            let scale = Float(1 / sum)
-            for j in 0..<vocabularySize { z[j] = lossWeight * (Foundation.exp(z[j] - maximum) * scale) }
-            z[Int(target)] -= lossWeight
+    var rowLosses = [Double](repeating: 0, count: targets.count)
+    rowLosses.withUnsafeMutableBufferPointer { rowLosses in
+        targets.withUnsafeBufferPointer { targets in
+            Parallel.forEachPart(of: targets.count, minimumPerPart: minimumRowsPerPart) { rows in
+                for row in rows {
+                    let (z, target) = (logits + row * vocabularySize, Int(targets[row]))
+                    var maximum = -Float.infinity
+                    for j in 0..<vocabularySize { maximum = Swift.max(maximum, z[j]) }
+                    var sum: Double = 0
+                    for j in 0..<vocabularySize { sum += Double(Foundation.exp(z[j] - maximum)) }
+                    let logNormaliser = Double(maximum) + Foundation.log(sum)
+                    rowLosses[row] = Double(lossWeight) * (logNormaliser - Double(z[target]))
+                    if writeGradient {
+                        let scale = Float(1 / sum)
+                        for j in 0..<vocabularySize { z[j] = lossWeight * (Foundation.exp(z[j] - maximum) * scale) }
+                        z[target] -= lossWeight
+                    }
+                }
+            }
         }
     }
-    return loss
+    return rowLosses.reduce(0, +)
 }

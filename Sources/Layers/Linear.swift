@@ -2,8 +2,10 @@ import Tensor
 
 /// y = x Wᵀ (+ b), with W stored [out, in] as in PyTorch and Hugging Face.
 ///
-/// p1 is dx = dy W; p2 is dW += dyᵀ x and db += Σ dy. Over `.allPending`
-/// the stashed x and dy of all micro-batches are stacked so p2 is one GEMM.
+/// p1 is dx = dy W; p2 is dW += dyᵀ x and db += Σ dy. Over `.allPending` p2 is one
+/// accumulating GEMM per stashed micro-batch into the same dW: the same FLOPs as stacking the
+/// stashes into one GEMM, without copying them (stacking llama-small's stashes measured 10–20%
+/// slower than the separate GEMMs on this machine, the copy costing more than the larger GEMM gains).
 public final class Linear: Layer {
     public let inputSize: Int
     public let outputSize: Int
@@ -65,12 +67,10 @@ public final class Linear: Layer {
     }
 
     public func backwardWeight(_ work: WeightGradientWork) throws {
-        let stashes = try pending.take(work)
-        guard !stashes.isEmpty else { return }
-        let input = stashes.count == 1 ? stashes[0].input : Tensor.concatenateRows(stashes.map { $0.input.reshaped([$0.input.rowCount, inputSize]) })
-        let outputGradient = stashes.count == 1 ? stashes[0].outputGradient : Tensor.concatenateRows(stashes.map { $0.outputGradient.reshaped([$0.outputGradient.rowCount, outputSize]) })
-        BLAS.matmul(weight.gradient, outputGradient, transposeA: true, input, accumulate: true)
-        if let bias { addColumnSums(bias.gradient.pointer, outputGradient.pointer, rows: outputGradient.rowCount, columns: outputSize) }
+        for (input, outputGradient) in try pending.take(work) {
+            BLAS.matmul(weight.gradient, outputGradient, transposeA: true, input, accumulate: true)
+            if let bias { addColumnSums(bias.gradient.pointer, outputGradient.pointer, rows: outputGradient.rowCount, columns: outputSize) }
+        }
     }
 }
 

@@ -61,39 +61,47 @@ public final class RMSNorm: Layer {
     }
 }
 
-/// out[r, i] = (x[r, i] · rstd[r]) · weight[i]; also writes rstd [rows] when given.
+/// Rows in one part of a row-parallel loop, at least: below this the hand-off costs more than it saves.
+let minimumRowsPerPart = 64
+
+/// out[r, i] = (x[r, i] · rstd[r]) · weight[i]; also writes rstd [rows] when given. Rows in parallel.
 func rmsnormForward(
     _ out: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>?,
     _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, rows: Int, size: Int, eps: Float
 ) {
-    for row in 0..<rows {
-        let xRow = x + row * size
-        let outRow = out + row * size
-        var sumOfSquares: Double = 0
-        for i in 0..<size {
-            let value = Double(xRow[i])
-            sumOfSquares += value * value
+    Parallel.forEachPart(of: rows, minimumPerPart: minimumRowsPerPart) { part in
+        for row in part {
+            let xRow = x + row * size
+            let outRow = out + row * size
+            var sumOfSquares: Double = 0
+            for i in 0..<size {
+                let value = Double(xRow[i])
+                sumOfSquares += value * value
+            }
+            let scale = Float(1 / (sumOfSquares / Double(size) + Double(eps)).squareRoot())
+            rstd?[row] = scale
+            for i in 0..<size { outRow[i] = (xRow[i] * scale) * weight[i] }
         }
-        let scale = Float(1 / (sumOfSquares / Double(size) + Double(eps)).squareRoot())
-        rstd?[row] = scale
-        for i in 0..<size { outRow[i] = (xRow[i] * scale) * weight[i] }
     }
 }
 
 /// p1: dx[r, i] = rstd · g_i − x_i · rstd³ · (Σ_j g_j x_j) / size, with g = dy ⊙ weight (overwrites dx).
+/// Rows in parallel.
 func rmsnormBackwardInput(
     _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
     _ rstd: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, rows: Int, size: Int
 ) {
-    for row in 0..<rows {
-        let xRow = x + row * size
-        let dyRow = dy + row * size
-        let dxRow = dx + row * size
-        var dot: Double = 0
-        for i in 0..<size { dot += Double(dyRow[i] * weight[i]) * Double(xRow[i]) }
-        let scale = rstd[row]
-        let correction = Float(Double(scale) * Double(scale) * Double(scale) * dot / Double(size))
-        for i in 0..<size { dxRow[i] = scale * (dyRow[i] * weight[i]) - xRow[i] * correction }
+    Parallel.forEachPart(of: rows, minimumPerPart: minimumRowsPerPart) { part in
+        for row in part {
+            let xRow = x + row * size
+            let dyRow = dy + row * size
+            let dxRow = dx + row * size
+            var dot: Double = 0
+            for i in 0..<size { dot += Double(dyRow[i] * weight[i]) * Double(xRow[i]) }
+            let scale = rstd[row]
+            let correction = Float(Double(scale) * Double(scale) * Double(scale) * dot / Double(size))
+            for i in 0..<size { dxRow[i] = scale * (dyRow[i] * weight[i]) - xRow[i] * correction }
+        }
     }
 }
 

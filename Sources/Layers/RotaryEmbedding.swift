@@ -48,11 +48,12 @@ public final class RotaryEmbedding {
         precondition(x.shape[1] <= maxPositions, "RoPE: length \(x.shape[1]) beyond \(maxPositions) positions")
         let (batch, length, half) = (x.shape[0], x.shape[1], headSize / 2)
         let direction: Float = inverse ? -1 : 1
-        for b in 0..<batch {
-            for t in 0..<length {
+        Parallel.forEachPart(of: batch * length, minimumPerPart: 64) { positions in
+            for index in positions {
+                let t = index % length
                 let cosRow = cosines.pointer + t * half
                 let sinRow = sines.pointer + t * half
-                let row = x.pointer + (b * length + t) * heads * headSize
+                let row = x.pointer + index * heads * headSize
                 for h in 0..<heads {
                     let head = row + h * headSize
                     for i in 0..<half {

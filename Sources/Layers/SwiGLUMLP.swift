@@ -61,35 +61,43 @@ public final class SwiGLUMLP: Layer {
     }
 }
 
-/// h = silu(gate) ⊙ up (h may alias gate), 16 lanes at a time with `FastMath.exp`.
+/// Elements in one part of an element-parallel loop, at least.
+let minimumElementsPerPart = 1 << 15
+
+/// h = silu(gate) ⊙ up (h may alias gate), 16 lanes at a time with `FastMath.exp`, in parallel.
 func swigluForward(_ hidden: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-    var i = 0
-    while i < count {
-        let lanes = Swift.min(16, count - i)
-        let a = FastMath.load(gate + i, count: lanes)
-        let u = FastMath.load(up + i, count: lanes)
-        let h = a / (1 + FastMath.exp(-a)) * u
-        FastMath.store(h, hidden + i, count: lanes)
-        i += 16
+    Parallel.forEachPart(of: count, minimumPerPart: minimumElementsPerPart) { part in
+        var i = part.lowerBound
+        while i < part.upperBound {
+            let lanes = Swift.min(16, part.upperBound - i)
+            let a = FastMath.load(gate + i, count: lanes)
+            let u = FastMath.load(up + i, count: lanes)
+            let h = a / (1 + FastMath.exp(-a)) * u
+            FastMath.store(h, hidden + i, count: lanes)
+            i += 16
+        }
     }
 }
 
 /// d gate = dh ⊙ up ⊙ σ(a)(1 + a(1 − σ(a))), d up = dh ⊙ a σ(a); the outputs may alias gate and up.
+/// In parallel.
 func swigluBackward(
     dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>,
     _ dHidden: UnsafePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, count: Int
 ) {
-    var i = 0
-    while i < count {
-        let lanes = Swift.min(16, count - i)
-        let a = FastMath.load(gate + i, count: lanes)
-        let u = FastMath.load(up + i, count: lanes)
-        let dh = FastMath.load(dHidden + i, count: lanes)
-        let sigmoid = 1 / (1 + FastMath.exp(-a))
-        let dg = dh * u * sigmoid * (1 + a * (1 - sigmoid))
-        let du = dh * a * sigmoid
-        FastMath.store(dg, dGate + i, count: lanes)
-        FastMath.store(du, dUp + i, count: lanes)
-        i += 16
+    Parallel.forEachPart(of: count, minimumPerPart: minimumElementsPerPart) { part in
+        var i = part.lowerBound
+        while i < part.upperBound {
+            let lanes = Swift.min(16, part.upperBound - i)
+            let a = FastMath.load(gate + i, count: lanes)
+            let u = FastMath.load(up + i, count: lanes)
+            let dh = FastMath.load(dHidden + i, count: lanes)
+            let sigmoid = 1 / (1 + FastMath.exp(-a))
+            let dg = dh * u * sigmoid * (1 + a * (1 - sigmoid))
+            let du = dh * a * sigmoid
+            FastMath.store(dg, dGate + i, count: lanes)
+            FastMath.store(du, dUp + i, count: lanes)
+            i += 16
+        }
     }
 }

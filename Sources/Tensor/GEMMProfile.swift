@@ -25,10 +25,12 @@ public final class GEMMProfile: @unchecked Sendable {
         lock.withLock { (totalSeconds, totalFLOPs, totalCalls) = (0, 0, 0) }
     }
 
-    /// Runs `body`, charging its time and `flops` when enabled.
+    /// Runs `body`, charging its time and `flops` when enabled. GEMMs inside one part of a
+    /// parallel loop are not counted (their parts overlap in time); a GEMM split into parts is
+    /// counted once, by the wall-clock time of the whole.
     @inline(__always)
     func measure(flops: Double, _ body: () -> Void) {
-        guard enabledFlag else { return body() }
+        guard enabledFlag, !Parallel.isInsidePart else { return body() }
         let start = DispatchTime.now().uptimeNanoseconds
         body()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

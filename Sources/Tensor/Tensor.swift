@@ -111,18 +111,4 @@ public final class Tensor: @unchecked Sendable {
         let (target, source) = (pointer, other.pointer)
         for i in 0..<count { target[i] += source[i] }
     }
-
-    /// Stacks tensors along the leading dimension into one new tensor.
-    public static func concatenateRows(_ parts: [Tensor]) -> Tensor {
-        precondition(!parts.isEmpty, "concatenateRows needs at least one tensor")
-        let tail = Array(parts[0].shape.dropFirst())
-        precondition(parts.allSatisfy { Array($0.shape.dropFirst()) == tail }, "concatenateRows: mismatched shapes")
-        let result = Tensor(uninitialized: [parts.reduce(0) { $0 + $1.shape[0] }] + tail)
-        var offset = 0
-        for part in parts {
-            (result.pointer + offset).update(from: part.pointer, count: part.count)
-            offset += part.count
-        }
-        return result
-    }
 }

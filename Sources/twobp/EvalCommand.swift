@@ -47,6 +47,8 @@ struct EvalCommand: ParsableCommand {
     }
 
     func run() throws {
+        // One device: every core for the kernels.
+        Parallel.setThreads(ProcessInfo.processInfo.activeProcessorCount)
         let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
         let url = data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: loaded.config.dataKind)
         let length = sequenceLength ?? loaded.config.defaultSampleLength

@@ -47,6 +47,8 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
+        // One device: every core for the kernels.
+        Parallel.setThreads(ProcessInfo.processInfo.activeProcessorCount)
         let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
         guard let model = loaded.model as? CausalLanguageModel else {
             throw TwoBPError("\(loaded.folder.path) holds a \(type(of: loaded.config).modelType) model, which does not generate text")

@@ -93,7 +93,7 @@ struct PlanCommand: ParsableCommand {
                 rate = flopsRate
                 print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (given)", modelOptions.model, stages, rate))
             } else {
-                BLAS.setThreads(1)
+                Parallel.setThreads(1)
                 rate = StepBenchmark.sgemmRate() * 1e9
                 print(String(format: "model %@, %d stages, FLOP-based costs at %.4g FLOP/s per rank (sgemm 1024³ here, 1 thread, OpenBLAS %@)",
                              modelOptions.model, stages, rate, BLAS.coreName))

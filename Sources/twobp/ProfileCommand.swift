@@ -71,7 +71,7 @@ struct ProfileCommand: ParsableCommand {
         guard batch >= shape.microBatches else {
             throw TwoBPError("--batch-size \(batch) cannot be split into \(shape.microBatches) micro-batches")
         }
-        BLAS.setThreads(1)
+        Parallel.setThreads(1)
         let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
                                                         batchSize: batch, sampleLength: sequenceLength,
                                                         repeats: repeats, seed: modelOptions.seed))
@@ -80,8 +80,9 @@ struct ProfileCommand: ParsableCommand {
             + "OpenBLAS \(result.blasCore), 1 thread, median of \(repeats)")
         for stage in result.stages {
             let table = stage.concatenated.sorted { $0.key < $1.key }
-                .map { String(format: "k=%d %.2f", $0.key, $0.value * 1e3) }.joined(separator: ", ")
-            print(String(format: "  stage %d (units %d..<%d, %d params): F %.2f ms, p1 %.2f ms, p2 %.2f ms; W* ms: %@",
+                .map { String(format: "k=%d %.2f (%.2f)", $0.key, $0.value * 1e3, (stage.separate[$0.key] ?? 0) * 1e3) }
+                .joined(separator: ", ")
+            print(String(format: "  stage %d (units %d..<%d, %d params): F %.2f ms, p1 %.2f ms, p2 %.2f ms; W* ms (k single W): %@",
                          stage.stage, stage.firstUnit, stage.endUnit, stage.parameters,
                          stage.forward * 1e3, stage.backwardInput * 1e3, stage.backwardWeight * 1e3, table as NSString))
             print("      activations \(RenderStyle.bytes(stage.activationBytes)), stash \(RenderStyle.bytes(stage.stashBytes)), "

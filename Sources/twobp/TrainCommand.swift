@@ -64,7 +64,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Write the last step's measured timeline as Chrome trace JSON (chrome://tracing, Perfetto).")
     var timeline: String?
 
-    @Option(name: .customLong("blas-threads"), help: "OpenBLAS threads per process (default: cores / stages with threads, 1 per MPI rank).")
+    @Option(name: .customLong("blas-threads"), help: "Threads of TwoBP's kernels per process, shared by its stages (default: cores / stages with threads, 1 per MPI rank).")
     var blasThreads: Int?
 
     func validate() throws {
@@ -96,7 +96,7 @@ struct TrainCommand: ParsableCommand {
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
         try settings.check()
-        BLAS.setThreads(pipeline.blasThreads(blasThreads))
+        Parallel.setThreads(pipeline.blasThreads(blasThreads))
         let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try Trainer(settings: settings, transport: transport).run()
         }

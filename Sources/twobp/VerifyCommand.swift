@@ -51,7 +51,7 @@ struct VerifyCommand: ParsableCommand {
             batch = config.randomBatch(samples: size, sampleLength: sampleLength, seed: modelOptions.seed)
         }
         _ = try PipelinePlan(request: request, model: config, sampleLength: sampleLength)
-        BLAS.setThreads(1)
+        Parallel.setThreads(1)
         let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
             try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)
         }

@@ -1,8 +1,10 @@
 import Foundation
 import XCTest
 
-/// The LLaMa loss sequence of a fixed 20-step run, recorded before the model interface existed
-/// (Fixtures/llama-tiny-1f1b-1-2bp-losses.json), must come out bit for bit the same.
+/// The LLaMa loss sequence of a fixed 20-step run (Fixtures/llama-tiny-1f1b-1-2bp-losses.json) must
+/// come out bit for bit the same: a change that should not alter the numbers (a refactoring, a new
+/// family) is caught here. A change that alters them on purpose re-records the file and says so in
+/// its `recorded_with`.
 ///
 /// Bit-identical results hold only for one BLAS kernel (others block the GEMMs differently), so
 /// the run uses OpenBLAS's generic kernel, Prescott, which every x86-64 CPU has, as the recording did.
