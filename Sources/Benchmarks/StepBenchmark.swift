@@ -64,15 +64,12 @@ public enum StepBenchmark {
         let batch = model.randomBatch(samples: batchSize, sampleLength: sampleLength, seed: seed)
         var phases: [String: Double] = [:]
         var total = 0.0
-        let profile = GEMMProfile.shared
+        let profile = GEMMProfile()
         for step in 0...steps {
             // Step 0 warms up; GEMMs are counted over the measured steps together.
-            if step == 1 {
-                profile.reset()
-                profile.isEnabled = true
-            }
+            if step == 1 { profile.reset() }
             let start = DispatchTime.now().uptimeNanoseconds
-            let result = try worker.computeGradients(batch, clockOrigin: start)
+            let result = try GEMMProfile.withCurrent(profile) { try worker.computeGradients(batch, clockOrigin: start) }
             let optimizerStart = DispatchTime.now().uptimeNanoseconds
             try worker.optimizer.update(learningRate: 1e-4, globalGradientNorm: worker.squaredGradientNorm().squareRoot())
             let end = DispatchTime.now().uptimeNanoseconds
@@ -91,7 +88,6 @@ public enum StepBenchmark {
             phases["optimizer", default: 0] += Double(end - optimizerStart) / 1e9
         }
         let gemm = profile.totals
-        profile.isEnabled = false
         let sgemm = max(sgemmBefore, sgemmRate(size: gemmSize))
         let (identical, difference) = try compareWithOneThread(worker: worker, batch: batch, threads: blasThreads)
         let stepSeconds = total / Double(steps)

@@ -37,7 +37,7 @@ public enum BLAS {
                 CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         }
-        GEMMProfile.shared.measure(flops: 2 * Double(m) * Double(n) * Double(k)) {
+        GEMMProfile.measure(flops: 2 * Double(m) * Double(n) * Double(k)) {
             guard Parallel.threads > 1, !Parallel.isInsidePart, 2 * m * n * k >= minimumParallelFLOPs else {
                 return call(m: m, n: n, a: a, b: b, c: c)
             }

@@ -1,22 +1,17 @@
 import Foundation
 
-/// Time and FLOPs spent inside BLAS GEMMs, counted only while enabled (benchmarks),
-/// so a step's time can be split into matrix products and everything else.
+/// Time and FLOPs spent inside BLAS GEMMs by the threads that make this profile current
+/// (benchmarks), so a step's time — or one pipeline rank's — can be split into matrix products
+/// and everything else.
 public final class GEMMProfile: @unchecked Sendable {
-    public static let shared = GEMMProfile()
-
     private let lock = NSLock()
-    private var enabledFlag = false
     private var totalSeconds = 0.0
     private var totalFLOPs = 0.0
     private var totalCalls = 0
 
-    public var isEnabled: Bool {
-        get { lock.withLock { enabledFlag } }
-        set { lock.withLock { enabledFlag = newValue } }
-    }
+    public init() {}
 
-    /// (seconds, FLOPs, calls) since the last reset, over all threads.
+    /// (seconds, FLOPs, calls) since the last reset.
     public var totals: (seconds: Double, flops: Double, calls: Int) {
         lock.withLock { (totalSeconds, totalFLOPs, totalCalls) }
     }
@@ -25,19 +20,34 @@ public final class GEMMProfile: @unchecked Sendable {
         lock.withLock { (totalSeconds, totalFLOPs, totalCalls) = (0, 0, 0) }
     }
 
-    /// Runs `body`, charging its time and `flops` when enabled. GEMMs inside one part of a
-    /// parallel loop are not counted (their parts overlap in time); a GEMM split into parts is
-    /// counted once, by the wall-clock time of the whole.
+    /// Runs `body` with `profile` counting this thread's GEMMs, restoring the previous one after.
+    public static func withCurrent<T>(_ profile: GEMMProfile, _ body: () throws -> T) rethrows -> T {
+        let previous = pthread_getspecific(currentKey)
+        pthread_setspecific(currentKey, Unmanaged.passUnretained(profile).toOpaque())
+        defer { pthread_setspecific(currentKey, previous) }
+        return try withExtendedLifetime(profile) { try body() }
+    }
+
+    /// Runs `body`, charging its time and `flops` to the calling thread's profile if it has one.
+    /// GEMMs inside one part of a parallel loop are not counted (parts run on other threads and
+    /// overlap in time); a GEMM split into parts is counted once, by the wall-clock time of the whole.
     @inline(__always)
-    func measure(flops: Double, _ body: () -> Void) {
-        guard enabledFlag, !Parallel.isInsidePart else { return body() }
+    static func measure(flops: Double, _ body: () -> Void) {
+        guard let raw = pthread_getspecific(currentKey) else { return body() }
+        let profile = Unmanaged<GEMMProfile>.fromOpaque(raw).takeUnretainedValue()
         let start = DispatchTime.now().uptimeNanoseconds
         body()
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        lock.withLock {
-            totalSeconds += seconds
-            totalFLOPs += flops
-            totalCalls += 1
+        profile.lock.withLock {
+            profile.totalSeconds += seconds
+            profile.totalFLOPs += flops
+            profile.totalCalls += 1
         }
     }
+
+    private static let currentKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
 }

@@ -22,6 +22,14 @@ public enum Parallel {
         BLAS.setLibraryThreads(1)
     }
 
+    /// Runs `body` with `count` threads, then restores the previous count.
+    public static func withThreads<T>(_ count: Int, _ body: () throws -> T) rethrows -> T {
+        let previous = threads
+        setThreads(count)
+        defer { setThreads(previous) }
+        return try body()
+    }
+
     /// Whether the calling thread is running one part of a parallel loop (nested loops run inline).
     static var isInsidePart: Bool { pthread_getspecific(insidePartKey) != nil }
 

@@ -134,20 +134,47 @@ struct PipelineBenchCommand: ParsableCommand {
         guard let result else { return }
         print("\(result.model), \(stages) stages over \(transport.rawValue), batch \(batchSize) × \(sampleLength), "
             + "OpenBLAS \(result.blasCore) kernel, \(threads) BLAS thread(s) per stage, median of \(repeats)")
-        print("schedule   M   plain \(result.unit)/s   2BP \(result.unit)/s   2BP/plain   bubble plain       bubble 2BP         peak MiB plain   peak MiB 2BP")
+        let rateHeaders: String = "plain \(result.unit)/s".padded(19) + "2BP \(result.unit)/s".padded(19)
+        print("schedule".padded(12) + " M  " + rateHeaders + "2BP/plain  bubble plain  bubble 2BP  peak MiB plain  peak MiB 2BP")
         for c in result.comparisons { print(row(c)) }
+        print("(throughput: median and half the range of the repeats as ±%; bubble and peak memory per rank)")
+        let limit = result.limit
+        print(String(format: "limit: %d stages × one-thread sgemm %.1f GFLOP/s ÷ %.1f GFLOP per step = %.0f %@/s; "
+                     + "fastest, %@%@, %.0f = %.2f of it",
+                     result.stages, limit.sgemmOneThreadGFLOPS, limit.stepGFLOPs, limit.limitThroughput, result.unit,
+                     limit.bestSchedule, limit.bestTwoBP ? " + 2BP" : "", limit.bestThroughput, limit.fractionOfLimit))
+        if let single = result.singleDevice {
+            print(String(format: "one device, %d threads (no pipeline): %.0f %@/s %@", single.threads, single.medianThroughput,
+                         result.unit, spread(single.throughput, single.medianThroughput)))
+        }
+        if !limit.breakdown.isEmpty {
+            print("per rank, ms per step of the fastest: GEMM, other compute, communication wait, idle (incl. reduction and AdamW)")
+            for time in limit.breakdown {
+                print(String(format: "  rank %d: %.0f, %.0f, %.0f, %.0f of %.0f", time.rank, time.gemmSeconds * 1e3,
+                             time.otherComputeSeconds * 1e3, time.communicationSeconds * 1e3, time.idleSeconds * 1e3,
+                             time.stepSeconds * 1e3))
+            }
+        }
         try writeJSON(result, to: json)
     }
+}
+
+/// "±x%": half the range of `values` relative to `median`.
+private func spread(_ values: [Double], _ median: Double) -> String {
+    guard let low = values.min(), let high = values.max(), median > 0 else { return "" }
+    return String(format: "±%.1f%%", 50 * (high - low) / median)
 }
 
 /// One line of the pipeline benchmark's table.
 private func row(_ c: PipelineBenchmark.Comparison) -> String {
     func ratios(_ v: PipelineBenchmark.Variant) -> String { v.bubbleRatio.map { String(format: "%.2f", $0) }.joined(separator: " ") }
     func mebibytes(_ v: PipelineBenchmark.Variant) -> String { v.peakBytes.map { String($0 >> 20) }.joined(separator: " ") }
-    let rates = String(format: " %2d  %11.0f  %10.0f  %9.3f   ", c.plain.microBatches, c.plain.medianThroughput,
-                       c.twoBP.medianThroughput, c.speedup)
-    return c.schedule.padded(9) + rates + ratios(c.plain).padded(17) + "  " + ratios(c.twoBP).padded(17) + "  "
-        + mebibytes(c.plain).padded(15) + "  " + mebibytes(c.twoBP)
+    func rate(_ v: PipelineBenchmark.Variant) -> String {
+        String(format: "%.0f ", v.medianThroughput).leftPadded(6) + spread(v.throughput, v.medianThroughput).padded(7)
+    }
+    return c.schedule.padded(12) + String(format: "%2d  ", c.plain.microBatches) + rate(c.plain).padded(19) + rate(c.twoBP).padded(19)
+        + String(format: "%.3f", c.speedup).padded(11) + ratios(c.plain).padded(14) + ratios(c.twoBP).padded(12)
+        + mebibytes(c.plain).padded(16) + mebibytes(c.twoBP)
 }
 
 struct TransportBenchCommand: ParsableCommand {
@@ -183,5 +210,10 @@ extension String {
     /// Left-aligned in a column of `width` characters.
     func padded(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+
+    /// Right-aligned in a column of `width` characters.
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
     }
 }
