@@ -14,6 +14,15 @@ public enum ModelRegistry {
         families.flatMap { family in family.namedConfigs.map(\.name) }
     }
 
+    /// What `bench paper` runs of `family`: the named configuration ending in `-measuredSize`
+    /// (`llama-small`), measured here, and its last named one (`llama-7b`), simulated.
+    public static func benchmarkConfigs(of family: any ModelConfig.Type, measuredSize: String)
+        -> (small: (name: String, config: any ModelConfig), paper: (name: String, config: any ModelConfig))? {
+        guard let small = family.namedConfigs.first(where: { $0.name.hasSuffix("-" + measuredSize) }),
+              let paper = family.namedConfigs.last else { return nil }
+        return (small, paper)
+    }
+
     /// A named configuration (`llama-tiny`, …), or a `config.json` given by its path or by the
     /// folder holding it, decoded by the family its `model_type` names; validated either way.
     public static func resolve(_ nameOrPath: String) throws -> any ModelConfig {

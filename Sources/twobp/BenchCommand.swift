@@ -16,7 +16,7 @@ struct BenchCommand: ParsableCommand {
             Numbers depend on the machine and on the OpenBLAS kernel (OPENBLAS_CORETYPE); every report \
             names the kernel it ran. Compare ratios measured in one run, not numbers across runs.
             """,
-        subcommands: [StepBenchCommand.self, PipelineBenchCommand.self, TransportBenchCommand.self])
+        subcommands: [StepBenchCommand.self, PipelineBenchCommand.self, TransportBenchCommand.self, PaperBenchCommand.self])
 }
 
 /// Writes `value` as indented JSON to `path`, when given.
