@@ -5,8 +5,9 @@ computes the loss `twobp eval` reports, for comparing the two.
 
 Needs torch and transformers (not needed by the build or the tests), in the environment
 scripts/setup-reference-venv.sh makes (it prints the interpreter to run this with). Without the
-CUDA kernels of mamba-ssm, transformers runs MambaMixer's sequential path (slow_forward), the
-one TwoBP's mixer follows; the script says which path ran. Prints the mean cross-entropy in nats
+CUDA (torch+cpu), transformers runs MambaMixer's selective scan as its sequential torch loop (the
+recurrent fallback of mamba_selective_scan; the CUDA kernels of mamba-ssm cannot load), the
+computation TwoBP's mixer follows; the script says which device ran. Prints the mean cross-entropy in nats
 per byte over the first WINDOWS windows of SEQ_LEN + 1 bytes of DATA, as
 `twobp eval --seq-len SEQ_LEN --max-windows WINDOWS` does, and whether lm_head shares the
 embedding's storage (a checkpoint of tie_word_embeddings = true holds only
@@ -17,11 +18,9 @@ import sys
 
 import torch
 from transformers import MambaForCausalLM
-from transformers.models.mamba import modeling_mamba
 
 folder, data, length, windows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 model = MambaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-fast = getattr(modeling_mamba, "is_fast_path_available", False) and torch.cuda.is_available()
 raw = open(data, "rb").read()[: windows * (length + 1)]
 tokens = torch.tensor(list(raw), dtype=torch.long).view(windows, length + 1)
 total = 0.0
@@ -34,5 +33,5 @@ tied = model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_
 if tied != model.config.tie_word_embeddings:
     sys.exit(f"lm_head {'shares' if tied else 'does not share'} the embedding, but tie_word_embeddings is {model.config.tie_word_embeddings}")
 print(json.dumps({"loss": total / (windows * length), "windows": windows, "sequence_length": length, "tied": tied,
-                  "path": "cuda kernels" if fast else "slow_forward", "transformers": __import__("transformers").__version__,
+                  "device": "cuda" if torch.cuda.is_available() else "cpu (sequential scan)", "transformers": __import__("transformers").__version__,
                   "torch": torch.__version__}))

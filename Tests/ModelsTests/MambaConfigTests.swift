@@ -53,6 +53,9 @@ final class MambaConfigTests: XCTestCase {
             XCTAssertEqual(json["architectures"] as? [String], ["MambaForCausalLM"])
             XCTAssertEqual(json["intermediate_size"] as? Int, config.intermediateSize)
             XCTAssertEqual(try config.jsonData(), data, "the same config writes the same bytes")
+            let text = String(decoding: data, as: UTF8.self)
+            XCTAssertTrue(text.contains("\"time_step_scale\" : 1.0,"), "transformers refuses an int for a float field: \(text)")
+            XCTAssertEqual(json["time_step_scale"] as? Double, 1)
         }
     }
 
@@ -93,6 +96,8 @@ final class MambaConfigTests: XCTestCase {
     }
 
     private func decode(_ json: String) throws -> MambaConfig {
-        try XCTUnwrap(ModelRegistry.decode(Data(json.utf8)) as? MambaConfig)
+        let config = try ModelRegistry.decode(Data(json.utf8))
+        guard let mamba = config as? MambaConfig else { throw TwoBPError("decoded a \(type(of: config)), not a MambaConfig") }
+        return mamba
     }
 }

@@ -293,8 +293,18 @@ public struct MambaConfig: ModelConfig, Codable, Equatable, Sendable {
         for key in [CodingKeys.padTokenId, .bosTokenId, .eosTokenId] { try c.encode(0, forKey: key) }
     }
 
-    /// The `config.json` bytes: pretty-printed, keys sorted.
+    /// The fields `transformers`' `MambaConfig` types as floats and checks strictly (it refuses
+    /// `"time_step_scale": 1` as an int).
+    static let floatKeys: [CodingKeys] = [.layerNormEpsilon, .initializerRange, .timeStepScale, .timeStepMin, .timeStepMax, .timeStepFloor]
+
+    /// The `config.json` bytes: pretty-printed, keys sorted. Foundation's `JSONEncoder` writes an
+    /// integral Double without a fraction (1.0 as `1`), which `transformers` refuses for its float
+    /// fields, so those get their `.0` back here.
     public func jsonData() throws -> Data {
-        try ConfigDecoding.encode(self)
+        var text = String(decoding: try ConfigDecoding.encode(self), as: UTF8.self)
+        for key in Self.floatKeys {
+            text = text.replacingOccurrences(of: "(\"\(key.rawValue)\" : -?[0-9]+)(,?\n)", with: "$1.0$2", options: .regularExpression)
+        }
+        return Data(text.utf8)
     }
 }
