@@ -82,7 +82,7 @@ public struct MambaConfig: ModelConfig, Codable, Equatable, Sendable {
     public static let named: [(name: String, config: MambaConfig)] = [
         ("mamba-tiny", MambaConfig(vocabSize: 256, hiddenSize: 32, numHiddenLayers: 4, stateSize: 8)),
         // About llama-small's step time on the development machine (see docs/mamba.md).
-        ("mamba-small", MambaConfig(vocabSize: 256, hiddenSize: 256, numHiddenLayers: 12)),
+        ("mamba-small", MambaConfig(vocabSize: 256, hiddenSize: 256, numHiddenLayers: 8)),
         // state-spaces/mamba-1.4b's shape (the paper's Mamba), for planning.
         ("mamba-1.4b", MambaConfig(vocabSize: 50280, hiddenSize: 2048, numHiddenLayers: 48)),
     ]
