@@ -1,0 +1,1 @@
+../LayersTests/MambaReference.swift
