@@ -11,6 +11,7 @@ MPI_Datatype twobp_mpi_float(void) { return MPI_FLOAT; }
 MPI_Datatype twobp_mpi_double(void) { return MPI_DOUBLE; }
 MPI_Datatype twobp_mpi_byte(void) { return MPI_BYTE; }
 MPI_Datatype twobp_mpi_int64(void) { return MPI_INT64_T; }
+MPI_Datatype twobp_mpi_int32(void) { return MPI_INT32_T; }
 MPI_Op twobp_mpi_sum(void) { return MPI_SUM; }
 MPI_Op twobp_mpi_max(void) { return MPI_MAX; }
 MPI_Request twobp_mpi_request_null(void) { return MPI_REQUEST_NULL; }

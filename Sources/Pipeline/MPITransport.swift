@@ -21,7 +21,9 @@ import Tensor
 ///   so MPI failures become `TwoBPError`s and no other MPI traffic can match our tags.
 /// - A rank that dies is not detected by polling: mpirun notices the dead
 ///   process and kills the others within seconds (each prints what it was
-///   waiting for, see `MPIEnvironment.initialize()`). A rank that is alive but
+///   waiting for, see `MPIEnvironment.initialize()`). A rank whose host becomes
+///   unreachable (a cut link) is caught by the peer watchdog when
+///   `Options.peerTimeout` is set (`MPIPeerWatchdog`); a rank that is alive but
 ///   never sends is caught by the timeout.
 ///
 /// Thread safety: every MPI call is made under one lock (the environment asks for
@@ -35,11 +37,17 @@ public final class MPITransport: Transport, @unchecked Sendable {
         public var spinTime: Double
         /// Longest sleep between two polls once spinning is over, in seconds.
         public var maxPollInterval: Double
+        /// Seconds without a heartbeat from another rank before the job is aborted naming it
+        /// (`MPIPeerWatchdog`); nil runs no watchdog. Every rank must pass the same choice:
+        /// the watchdog's communicator is made collectively.
+        public var peerTimeout: Double?
 
-        public init(timeout: Double = 120, spinTime: Double = 500e-6, maxPollInterval: Double = 100e-6) {
+        public init(timeout: Double = 120, spinTime: Double = 500e-6, maxPollInterval: Double = 100e-6,
+                    peerTimeout: Double? = nil) {
             self.timeout = timeout
             self.spinTime = spinTime
             self.maxPollInterval = maxPollInterval
+            self.peerTimeout = peerTimeout
         }
     }
 
@@ -75,6 +83,7 @@ public final class MPITransport: Transport, @unchecked Sendable {
     /// Memory of collectives that timed out: MPI may still write into it, so it is never freed.
     private var stranded: [CollectiveMemory] = []
     private var stats = Statistics()
+    private let watchdog: MPIPeerWatchdog?
 
     private struct ReceiveKey: Hashable {
         let source: Int
@@ -129,6 +138,13 @@ public final class MPITransport: Transport, @unchecked Sendable {
         communicator = duplicate
         let upperBound = Int(twobp_mpi_tag_upper_bound(duplicate))
         tagUpperBound = upperBound > 0 ? upperBound : 32767  // 32767: the least MPI guarantees
+        if let peerTimeout = options.peerTimeout {
+            watchdog = try MPIPeerWatchdog(rank: environment.rank, worldSize: environment.worldSize,
+                                           world: twobp_mpi_comm_world(), lock: lock, timeout: peerTimeout)
+        } else {
+            watchdog = nil
+        }
+        watchdog?.start()
         environment.register(self)
     }
 
@@ -136,7 +152,9 @@ public final class MPITransport: Transport, @unchecked Sendable {
         // MPI may still read in-flight sends and write posted receives. Waiting here could
         // hold up an error path (a rank about to fail would first wait for its sends), so
         // the buffers are handed to a process-wide list and never freed instead.
+        watchdog?.abandon()
         let busy: [AnyObject] = sends + posted.values.flatMap { $0 }.filter { !$0.isComplete } + abandoned + stranded
+            + (closed ? [] : watchdog?.busyObjects ?? [])
         if !busy.isEmpty { MPITransport.keepAlive(busy) }
     }
 
@@ -336,17 +354,19 @@ public final class MPITransport: Transport, @unchecked Sendable {
         let alreadyClosed = lock.withLock { closed }
         guard !alreadyClosed else { return }
         try waitForSends()
+        watchdog?.stop()
         lock.withLock {
             for queue in posted.values { queue.forEach(abandonLocked) }
             posted = [:]
         }
         try wait(for: "waiting for cancelled receives to be released") {
             reapAbandonedLocked()
-            return abandoned.isEmpty
+            return abandoned.isEmpty && watchdog?.isDrainedLocked() ?? true
         }
         lock.withLock {
             closed = true
             if communicator != nil { MPI_Comm_free(&communicator) }
+            watchdog?.freeLocked()
         }
     }
 

@@ -16,8 +16,11 @@ public enum RankLauncher {
     /// With `.threads`, `ranks` threads of this process. With `.mpi`, this process is one
     /// rank of an `mpirun` job whose size must equal `ranks`; an error on any rank aborts
     /// the whole job with that rank named, so no rank waits forever. MPI stays initialised
-    /// for further runs; `finishMPI()` ends it before the process exits.
+    /// for further runs; `finishMPI()` ends it before the process exits. Under MPI a rank
+    /// unheard for `peerTimeout` seconds (its host cut off) aborts the job naming it
+    /// (`MPIPeerWatchdog`; nil turns that off).
     public static func run<T>(_ kind: TransportKind, ranks: Int, receiveTimeout: Double = 300,
+                              peerTimeout: Double? = defaultPeerTimeout,
                               _ body: @escaping (Transport) throws -> T?) throws -> T? {
         switch kind {
         case .threads:
@@ -30,7 +33,7 @@ public enum RankLauncher {
             guard environment.worldSize == ranks else {
                 throw TwoBPError("mpirun started \(environment.worldSize) ranks but --stages is \(ranks); use mpirun -np \(ranks)")
             }
-            let transport = try MPITransport(environment: environment, options: .init(timeout: receiveTimeout))
+            let transport = try MPITransport(environment: environment, options: .init(timeout: receiveTimeout, peerTimeout: peerTimeout))
             let result: T?
             do {
                 result = try body(transport)
@@ -42,6 +45,10 @@ public enum RankLauncher {
             return result
         }
     }
+
+    /// Seconds of silence from a peer rank before an MPI job is aborted: far above a heartbeat
+    /// interval's jitter, well within the minute a user waits before suspecting a hang.
+    public static let defaultPeerTimeout = 30.0
 
     /// Finalises MPI if this process initialised it (every rank must call it, once, at the end).
     public static func finishMPI() throws {

@@ -8,6 +8,8 @@
 //   mpirun -np 2 twobp-mpi-check kill [--victim R] [--after S]    rank R SIGKILLs itself mid-exchange
 //   mpirun -np 2 twobp-mpi-check fail [--victim R] [--after S]    rank R calls Transport.fail
 //   mpirun -np 2 twobp-mpi-check timeout [--timeout S]        rank 0 waits for a message rank 1 never sends
+//   mpirun -np 2 twobp-mpi-check busy --peer-timeout S [--busy T]   rank 1 computes T s (default 3 S) before it sends: no abort
+//   mpirun -np 2 twobp-mpi-check silent --peer-timeout S [--victim R]  rank R stops (SIGSTOP): the watchdog aborts naming it
 //   mpirun -np 2 twobp-mpi-check bench [--sizes 4096,65536] [--repetitions N]   JSON on stdout (rank 0)
 //
 // Every rank that passes prints "rank R: <mode> ok ..." on stdout; a failure goes through
@@ -279,6 +281,35 @@ func timeout(_ transport: MPITransport) throws {
     throw TwoBPError("rank \(transport.rank): received a message nobody sent")
 }
 
+/// Rank 1 is busy (the main thread sleeps, as a long computation holds it) for longer than the
+/// peer timeout before it sends rank 0 a message: the watchdog must tell busy from gone.
+func busy(_ transport: MPITransport, _ arguments: Arguments) throws {
+    let peerTimeout = transport.options.peerTimeout ?? 1
+    let seconds = try arguments.seconds("busy", default: 3 * peerTimeout)
+    let tag = MessageTag(kind: .activation, microBatch: 0, stage: 0)
+    if transport.rank == 1 {
+        Thread.sleep(forTimeInterval: seconds)
+        try transport.send(filled([8], source: 1, step: 0, shapeIndex: 0), to: 0, tag: tag)
+    } else if transport.rank == 0 {
+        let tensor = try transport.receive(from: 1, tag: tag, shape: [8])
+        try verify(tensor, [8], source: 1, step: 0, shapeIndex: 0, what: "\(tag)", rank: 0)
+    }
+    try transport.waitForSends()
+    try transport.barrier()
+    say("rank \(transport.rank): busy ok: \(seconds) s of work on rank 1 with a \(peerTimeout) s peer timeout")
+}
+
+/// `--victim` stops itself (SIGSTOP: every thread, heartbeats included) while the others wait for it.
+func silent(_ transport: MPITransport, _ arguments: Arguments) throws {
+    let victim = try arguments.integer("victim", default: 1)
+    if transport.rank == victim {
+        FileHandle.standardError.write(Data("rank \(victim): stopping with SIGSTOP\n".utf8))
+        raise(SIGSTOP)
+    }
+    try transport.barrier()
+    throw TwoBPError("rank \(transport.rank): the barrier completed although rank \(victim) is stopped")
+}
+
 func bench(_ transport: MPITransport, _ arguments: Arguments) throws {
     var configuration = TransportBenchmarkConfiguration()
     if let sizes = arguments.options["sizes"] {
@@ -324,6 +355,7 @@ do {
     }
     options.spinTime = try arguments.seconds("spin-time", default: options.spinTime)
     options.maxPollInterval = try arguments.seconds("max-poll-interval", default: options.maxPollInterval)
+    if arguments.options["peer-timeout"] != nil { options.peerTimeout = try arguments.seconds("peer-timeout", default: 1) }
     let transport = try MPITransport(environment: environment, options: options)
     guard environment.worldSize >= 2 else { throw TwoBPError("twobp-mpi-check needs at least 2 ranks") }
     switch arguments.mode {
@@ -334,6 +366,8 @@ do {
     case "kill": try injectFailure(transport, arguments, kill: true)
     case "fail": try injectFailure(transport, arguments, kill: false)
     case "timeout": try timeout(transport)
+    case "busy": try busy(transport, arguments)
+    case "silent": try silent(transport, arguments)
     case "bench": try bench(transport, arguments)
     default: throw TwoBPError("unknown mode \(arguments.mode)")
     }

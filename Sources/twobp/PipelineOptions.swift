@@ -23,10 +23,17 @@ struct PipelineOptions: ParsableArguments {
     @Option(help: "How stages talk: threads (one process) or mpi (one process per stage, under mpirun).")
     var transport: TransportKind = .threads
 
+    @Option(name: .customLong("peer-timeout"),
+            help: "With --transport mpi: seconds without a heartbeat from another rank (its host cut off) before the job is aborted naming it; 0 turns the watchdog off. A long step is not silence.")
+    var peerTimeout = RankLauncher.defaultPeerTimeout
+
     mutating func validate() throws {
         guard stages >= 1 else { throw ValidationError("--stages must be at least 1, got \(stages)") }
         if let microBatches, microBatches < 1 { throw ValidationError("--micro-batches must be at least 1, got \(microBatches)") }
         if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1, got \(chunks)") }
+        guard peerTimeout >= 0, peerTimeout.isFinite else {
+            throw ValidationError("--peer-timeout must be a number of seconds (0 turns the watchdog off), got \(peerTimeout)")
+        }
     }
 }
 
@@ -36,6 +43,11 @@ extension PipelineOptions {
         ScheduleRequest(kind: try ScheduleKind(name: schedule), ranks: stages, microBatches: microBatches,
                         twoBP: twoBP, chunksPerRank: chunks)
     }
+}
+
+extension PipelineOptions {
+    /// `--peer-timeout` as `RankLauncher` takes it: nil when 0 turns the watchdog off.
+    var peerWatchdogTimeout: Double? { peerTimeout > 0 ? peerTimeout : nil }
 }
 
 extension TransportKind: ExpressibleByArgument {}

@@ -97,7 +97,7 @@ struct TrainCommand: ParsableCommand {
 
         try settings.check()
         Parallel.setThreads(pipeline.blasThreads(blasThreads))
-        let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
+        let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages, peerTimeout: pipeline.peerWatchdogTimeout) { transport in
             try Trainer(settings: settings, transport: transport).run()
         }
         guard let outcome else { return }

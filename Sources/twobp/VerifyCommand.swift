@@ -52,7 +52,7 @@ struct VerifyCommand: ParsableCommand {
         }
         _ = try PipelinePlan(request: request, model: config, sampleLength: sampleLength)
         Parallel.setThreads(1)
-        let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages) { transport in
+        let report = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages, peerTimeout: pipeline.peerWatchdogTimeout) { transport in
             try PipelineVerification.run(model: config, request: request, batch: batch, seed: modelOptions.seed, transport: transport)
         }
         guard let report else { return }

@@ -9,6 +9,7 @@ MPI_Datatype twobp_mpi_float(void);
 MPI_Datatype twobp_mpi_double(void);
 MPI_Datatype twobp_mpi_byte(void);
 MPI_Datatype twobp_mpi_int64(void);
+MPI_Datatype twobp_mpi_int32(void);
 MPI_Op twobp_mpi_sum(void);
 MPI_Op twobp_mpi_max(void);
 MPI_Request twobp_mpi_request_null(void);
