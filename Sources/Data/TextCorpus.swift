@@ -52,8 +52,12 @@ public final class TextCorpus: DataSource {
         let trainingCount = bytes.count - validationCount
         let window = sequenceLength + 1
         guard validationCount >= window, trainingCount >= window else {
-            let needed = Int((Double(window) / Swift.min(validationFraction, 1 - validationFraction)).rounded(.up))
-            throw TwoBPError("\(source) has \(bytes.count) bytes, too short for sequence length \(sequenceLength): the training part and the held-out \(Int(validationFraction * 100))% each need \(window) bytes, so about \(needed) bytes in all")
+            // The smallest size this split accepts, so the hint names a size that then works.
+            var needed = Int((Double(window) / Swift.min(validationFraction, 1 - validationFraction)).rounded(.up))
+            while Int(Double(needed) * validationFraction) < window || needed - Int(Double(needed) * validationFraction) < window {
+                needed += 1
+            }
+            throw TwoBPError("\(source) has \(bytes.count) bytes, too short for sequence length \(sequenceLength): the training part and the held-out \(Int(validationFraction * 100))% each need \(window) bytes, so at least \(needed) bytes in all")
         }
         self.source = source
         self.bytes = bytes

@@ -125,6 +125,11 @@ public enum PlanRanking {
                 }
             }
         }
+        guard !entries.isEmpty else {
+            var reasons: [String] = []
+            for skip in skipped where !reasons.contains(skip.reason) { reasons.append(skip.reason) }
+            throw ScheduleError(.invalidRequest, "no schedule can be planned: " + reasons.joined(separator: "; "))
+        }
         for index in entries.indices where entries[index].twoBP && entries[index].kind != PlanInputs.Choice.autoName {
             if let plain = entries.first(where: { $0.kind == entries[index].kind && !$0.twoBP }), plain.samplesPerSecond > 0 {
                 entries[index].speedupOverPlain = entries[index].samplesPerSecond / plain.samplesPerSecond

@@ -34,7 +34,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Sample only among the K most likely bytes (default: all).")
     var topK: Int?
 
-    @Option(help: "Seed of the sampler.")
+    @Option(parsing: .unconditional, help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
     func validate() throws {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Benchmarks
 import Checkpoints
 import Data
+import Files
 import Foundation
 import Models
 import Pipeline
@@ -20,7 +21,7 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var pipeline: PipelineOptions
 
-    @Option(name: .customLong("batch-size"), help: "Sequences in the step (default: the schedule's micro-batches, one sequence each).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences in the step (default: the schedule's micro-batches, one sequence each).")
     var batchSize: Int?
 
     @Option(help: "Text to take the batch from (default: random tokens).")
@@ -61,7 +62,7 @@ struct VerifyCommand: ParsableCommand {
 
     func finish(_ report: VerificationReport) throws {
         if let json {
-            try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: json))
+            try FileIO.writeOutput(URL(fileURLWithPath: json), what: "--json", data: JSONEncoder().encode(report))
         }
         let verdict = report.agrees(tolerance: tolerance) ? "OK" : "MISMATCH"
         print("\(verdict): \(pipeline.schedule)\(pipeline.twoBP ? " + 2BP" : "") on \(pipeline.stages) stages: "
