@@ -60,11 +60,14 @@ public enum ModelLoading {
     /// Reads `config.json`, builds the model its `model_type` describes and fills every parameter
     /// and buffer from the weights. Errors name the file: unreadable or invalid config, corrupt
     /// safetensors, a missing tensor or one of the wrong shape. Tensors the model does not use are ignored.
-    public static func load(from url: URL) throws -> Loaded {
+    ///
+    /// `beforeAllocating` sees the configuration before the model is built (a memory estimate).
+    public static func load(from url: URL, beforeAllocating: (any ModelConfig) throws -> Void = { _ in }) throws -> Loaded {
         let folder = try resolveFolder(url)
         let configURL = folder.appendingPathComponent(Checkpoint.configFileName)
         let config = try ModelRegistry.decode(FileIO.read(configURL, what: "model configuration"), source: configURL.path)
         let weights = try SafeTensors.open(folder, baseName: Checkpoint.modelBaseName)
+        try beforeAllocating(config)
         // The seed is irrelevant: every parameter is overwritten from the file.
         let model = try config.makeModel(seed: 0)
         do {

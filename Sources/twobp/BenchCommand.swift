@@ -56,6 +56,9 @@ struct StepBenchCommand: ParsableCommand {
 
     func run() throws {
         let (config, sampleLength) = try modelOptions.resolve()
+        try MemoryEstimate.training(model: config, request: ScheduleRequest(kind: .naive, ranks: 1), batchSize: batchSize,
+                                    sampleLength: sampleLength, allRanksInProcess: true, keepsWholeModel: false)
+            .check(limit: nil, command: "bench step")
         let threads = blasThreads ?? ProcessInfo.processInfo.activeProcessorCount
         BLAS.setThreads(threads)
         let result = try StepBenchmark.run(model: config, name: modelOptions.model, batchSize: batchSize,
@@ -117,6 +120,12 @@ struct PipelineBenchCommand: ParsableCommand {
     func run() throws {
         let (config, sampleLength) = try modelOptions.resolve()
         let kinds = try Self.scheduleList(schedules)
+        for kind in kinds {
+            let request = ScheduleRequest(kind: kind, ranks: stages, microBatches: microBatches)
+            try MemoryEstimate.training(model: config, request: request, batchSize: batchSize, sampleLength: sampleLength,
+                                        allRanksInProcess: transport == .threads, keepsWholeModel: false)
+                .check(limit: nil, command: "bench pipeline")
+        }
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: config.dataKind), steps: steps,
             batchSize: batchSize, sampleLength: sampleLength, learningRate: 1e-3, warmupSteps: 0,

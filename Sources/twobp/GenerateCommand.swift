@@ -47,7 +47,9 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
+        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint)) { config in
+            try MemoryEstimate.inference(model: config, batchSize: 1, sampleLength: config.defaultSampleLength).check(limit: nil, command: "generate")
+        }
         guard let model = loaded.model as? CausalLanguageModel else {
             throw TwoBPError("\(loaded.folder.path) holds a \(type(of: loaded.config).modelType) model, which does not generate text")
         }

@@ -68,6 +68,9 @@ struct PlanCommand: ParsableCommand {
         try PlanInputs.checkStages(stages)
         guard microBatchSize >= 1 else { throw TwoBPError("--micro-batch-size must be at least 1, got \(microBatchSize)") }
         if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
+        if let microBatches, microBatches > ScheduleRequest.maxMicroBatches {
+            throw TwoBPError("--micro-batches \(microBatches) is more than the \(ScheduleRequest.maxMicroBatches) a schedule accepts")
+        }
         guard activationBytes >= 1, bytesPerParameter >= 0 else {
             throw TwoBPError("--activation-bytes must be at least 1 and --bytes-per-parameter at least 0")
         }
@@ -89,7 +92,7 @@ struct PlanCommand: ParsableCommand {
                     throw TwoBPError("the cost file has \(model.stages.count) stages, this schedule needs \(virtualStages) (profile with --chunks to cover it)")
                 }
                 return scale == 1 ? model : model.scaled(time: Double(scale), memory: Double(scale))
-            }
+            } progress: { showProgress($0, $1, $2) }
         } else {
             let rate: Double
             if let flopsRate {
@@ -110,9 +113,18 @@ struct PlanCommand: ParsableCommand {
                 + ", W* efficiency \(efficiency)")
             report = try PlanRanking.rank(settings) { virtualStages, scale in
                 try AnalyticCosts.costModel(config, settings: analytic, virtualStages: virtualStages, scale: scale)
-            }
+            } progress: { showProgress($0, $1, $2) }
         }
+        showProgress(1, 1, "")
         print(report.table)
         try writeJSON(report, to: json)
+    }
+
+    /// "planning 3/17: 1f1b-1+2bp" on a terminal's stderr, so long plans (thousands of
+    /// micro-batches) show they are working; redirected output stays the table alone.
+    private func showProgress(_ done: Int, _ total: Int, _ candidate: String) {
+        guard isatty(STDERR_FILENO) != 0 else { return }
+        let line = done == total ? "\r\u{1B}[K" : "\rplanning \(done + 1)/\(total): \(candidate)\u{1B}[K"
+        FileHandle.standardError.write(Data(line.utf8))
     }
 }

@@ -78,6 +78,9 @@ struct ProfileCommand: ParsableCommand {
         guard batch >= shape.microBatches else {
             throw TwoBPError("--batch-size \(batch) cannot be split into \(shape.microBatches) micro-batches")
         }
+        try MemoryEstimate.training(model: config, request: request, batchSize: batch, sampleLength: sequenceLength,
+                                    allRanksInProcess: true, keepsWholeModel: false)
+            .check(limit: nil, command: "profile")
         BLAS.setThreads(1)
         let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
                                                         batchSize: batch, sampleLength: sequenceLength,

@@ -67,6 +67,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Write the last step's measured timeline as Chrome trace JSON (chrome://tracing, Perfetto).")
     var timeline: String?
 
+    @Option(name: .customLong("memory-limit"), help: "Refuse to start when the estimated memory exceeds this, e.g. 8GiB (default: the memory available).")
+    var memoryLimit: String?
+
     @Option(name: .customLong("blas-threads"), parsing: .unconditional, help: "OpenBLAS threads per process (default: cores / stages with threads, 1 per MPI rank).")
     var blasThreads: Int?
 
@@ -99,6 +102,10 @@ struct TrainCommand: ParsableCommand {
         settings.resume = resume.map { URL(fileURLWithPath: $0) }
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
+        try MemoryEstimate.training(model: config, request: settings.pipeline, batchSize: batchSize, sampleLength: sampleLength,
+                                    allRanksInProcess: pipeline.transport == .threads,
+                                    keepsWholeModel: (MPIEnvironment.launchedRank ?? 0) == 0)
+            .check(limit: try memoryLimit.map(PlanInputs.bytes), command: "train")
         try settings.check()
         // Rank 0's process claims the checkpoint folder for the whole job, until it exits.
         let claim = try settings.checkpointDirectory.flatMap { directory in
