@@ -1,5 +1,6 @@
 import Files
 import Foundation
+import Layers
 import Models
 import Tensor
 
@@ -59,11 +60,14 @@ public enum ModelLoading {
     /// Reads `config.json`, builds the model its `model_type` describes and fills every parameter
     /// and buffer from the weights. Errors name the file: unreadable or invalid config, corrupt
     /// safetensors, a missing tensor or one of the wrong shape. Tensors the model does not use are ignored.
-    public static func load(from url: URL) throws -> Loaded {
+    ///
+    /// `beforeAllocating` sees the configuration before the model is built (a memory estimate).
+    public static func load(from url: URL, beforeAllocating: (any ModelConfig) throws -> Void = { _ in }) throws -> Loaded {
         let folder = try resolveFolder(url)
         let configURL = folder.appendingPathComponent(Checkpoint.configFileName)
         let config = try ModelRegistry.decode(FileIO.read(configURL, what: "model configuration"), source: configURL.path)
         let weights = try SafeTensors.open(folder, baseName: Checkpoint.modelBaseName)
+        try beforeAllocating(config)
         // The seed is irrelevant: every parameter is overwritten from the file.
         let model = try config.makeModel(seed: 0)
         do {
@@ -71,7 +75,24 @@ public enum ModelLoading {
         } catch let error as TwoBPError {
             throw TwoBPError("\(error.message) (the weights do not match \(configURL.lastPathComponent))")
         }
+        try checkFinite(model.parameters, buffers: model.buffers, source: folder.path)
         return Loaded(folder: folder, config: config, model: model)
+    }
+
+    /// A NaN or infinite weight makes every loss NaN and every sampled byte garbage, silently:
+    /// loaded weights are refused instead, naming the tensor and its first bad element.
+    public static func checkFinite(_ parameters: [Parameter], buffers: [Buffer], source: String) throws {
+        func check(_ values: UnsafeBufferPointer<Float>, name: String) throws {
+            if let index = values.firstIndex(where: { !$0.isFinite }) {
+                throw TwoBPError("checkpoint \(source): tensor '\(name)' holds a non-finite value (\(values[index]) at element \(index))")
+            }
+        }
+        for parameter in parameters {
+            try check(UnsafeBufferPointer(start: parameter.value.pointer, count: parameter.value.count), name: parameter.name)
+        }
+        for buffer in buffers where buffer.dtype == .float32 {
+            try check(UnsafeBufferPointer(buffer.floats), name: buffer.name)
+        }
     }
 
     /// N of a folder named `step-N`, or nil.

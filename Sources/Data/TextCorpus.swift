@@ -23,6 +23,8 @@ public final class TextCorpus: DataSource {
     public let trainingRange: Range<Int>
     /// Byte offsets of the held-out tail.
     public let validationRange: Range<Int>
+    /// The share of the text held out.
+    public let validationFraction: Double
     /// Byte count and FNV-1a 64 hash of the text, e.g. `5436475-9f3c...`: a resumed
     /// run compares it to the checkpoint's to be sure it reads the same data.
     public let fingerprint: String
@@ -52,10 +54,11 @@ public final class TextCorpus: DataSource {
         let trainingCount = bytes.count - validationCount
         let window = sequenceLength + 1
         guard validationCount >= window, trainingCount >= window else {
-            let needed = Int((Double(window) / Swift.min(validationFraction, 1 - validationFraction)).rounded(.up))
-            throw TwoBPError("\(source) has \(bytes.count) bytes, too short for sequence length \(sequenceLength): the training part and the held-out \(Int(validationFraction * 100))% each need \(window) bytes, so about \(needed) bytes in all")
+            let needed = Self.minimumSize(heldOut: window, training: window, validationFraction: validationFraction)
+            throw TwoBPError("\(source) has \(bytes.count) bytes, too short for sequence length \(sequenceLength): the training part and the held-out \(Int(validationFraction * 100))% each need \(window) bytes, so at least \(needed) bytes in all")
         }
         self.source = source
+        self.validationFraction = validationFraction
         self.bytes = bytes
         self.sequenceLength = sequenceLength
         trainingRange = 0..<trainingCount
@@ -93,6 +96,16 @@ public final class TextCorpus: DataSource {
     /// Number of sequential validation windows the held-out part holds.
     public var validationWindowCount: Int { (validationRange.count - 1) / sequenceLength }
 
+    /// The smallest text whose split leaves at least `heldOut` bytes in the tail and `training`
+    /// before it, so a message names a size that then works.
+    static func minimumSize(heldOut: Int, training: Int, validationFraction: Double) -> Int {
+        var size = Int((Double(heldOut) / validationFraction).rounded(.up))
+        while Int(Double(size) * validationFraction) < heldOut || size - Int(Double(size) * validationFraction) < training {
+            size += 1
+        }
+        return size
+    }
+
     /// Start offsets of validation window `index`: the windows tile the held-out
     /// part, each starting `sequenceLength` after the previous one.
     public func validationWindowStart(_ index: Int) -> Int {
@@ -110,7 +123,10 @@ public final class TextCorpus: DataSource {
         guard batchSize >= 1 else { throw TwoBPError("batch size must be >= 1, not \(batchSize)") }
         var count = validationWindowCount / batchSize
         guard count >= 1 else {
-            throw TwoBPError("the held-out part of \(source) holds \(validationWindowCount) windows of \(sequenceLength + 1) bytes, fewer than one batch of \(batchSize)")
+            let needed = Self.minimumSize(heldOut: batchSize * sequenceLength + 1, training: sequenceLength + 1,
+                                          validationFraction: validationFraction)
+            throw TwoBPError("the held-out part of \(source) holds \(validationWindowCount) windows of \(sequenceLength + 1) bytes, fewer than one batch of \(batchSize); "
+                + "a batch of \(batchSize) needs at least \(needed) bytes in all, or lower --batch-size")
         }
         if let limit { count = Swift.min(count, Swift.max(limit, 0)) }
         return (0..<count).map { b in

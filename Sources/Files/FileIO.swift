@@ -37,6 +37,66 @@ public enum FileIO {
         try writeDurably(url, bytes: Array(text.utf8))
     }
 
+    /// Writes a user-named output file (`--summary`, `--json`, `--svg`, `--timeline`, metrics):
+    /// a new path or a regular file is replaced atomically (`writeDurably`); a FIFO, a device
+    /// or a symbolic link is written through, as a shell redirection would, so the reader, the
+    /// device or the link's target gets the bytes and the path stays what it was; a folder is refused.
+    public static func writeOutput(_ url: URL, what: String = "output", bytes: [UInt8]) throws {
+        switch try outputKind(url, what: what) {
+        case .replaceable:
+            try writeDurably(url, bytes: bytes)
+        case .writeThrough:
+            let sink = try FileSink(url: url, append: false, what: what)
+            try bytes.withUnsafeBytes { try sink.write($0) }
+            try sink.close()
+        }
+    }
+
+    public static func writeOutput(_ url: URL, what: String = "output", text: String) throws {
+        try writeOutput(url, what: what, bytes: Array(text.utf8))
+    }
+
+    public static func writeOutput(_ url: URL, what: String = "output", data: Data) throws {
+        try writeOutput(url, what: what, bytes: [UInt8](data))
+    }
+
+    public enum OutputKind {
+        /// Nothing there, or a regular file: write a new file and rename it over the path.
+        case replaceable
+        /// A FIFO, device, socket or symbolic link: open the path itself and write into it.
+        case writeThrough
+    }
+
+    /// How `writeOutput` treats `url`, checked before any work so a bad output path is found
+    /// at the start of a run: a folder, a missing or unwritable parent folder is a `TwoBPError`.
+    @discardableResult
+    public static func outputKind(_ url: URL, what: String = "output") throws -> OutputKind {
+        var status = stat()
+        if lstat(url.path, &status) == 0 {
+            switch status.st_mode & S_IFMT {
+            case S_IFDIR:
+                throw TwoBPError("\(what) \(url.path) is a folder; name a file")
+            case S_IFREG:
+                break
+            default:
+                guard access(url.path, W_OK) == 0 else { throw TwoBPError("cannot write \(what) \(url.path): \(errnoText())") }
+                return .writeThrough
+            }
+        }
+        let parent = url.deletingLastPathComponent()
+        var parentStatus = stat()
+        guard stat(parent.path, &parentStatus) == 0 else {
+            throw TwoBPError("cannot write \(what) \(url.path): folder \(parent.path) does not exist")
+        }
+        guard parentStatus.st_mode & S_IFMT == S_IFDIR else {
+            throw TwoBPError("cannot write \(what) \(url.path): \(parent.path) is not a folder")
+        }
+        guard access(parent.path, W_OK) == 0 else {
+            throw TwoBPError("cannot write \(what) \(url.path): folder \(parent.path) is not writable (\(errnoText()))")
+        }
+        return .replaceable
+    }
+
     /// Flushes a folder's entries (new files, renames) to disk.
     public static func syncDirectory(_ url: URL) throws {
         let fd = open(url.path, O_RDONLY | O_DIRECTORY)
@@ -52,6 +112,11 @@ public enum FileIO {
             throw TwoBPError("\(what) \(url.path) not found")
         }
         guard !isDirectory.boolValue else { throw TwoBPError("\(what) \(url.path) is a folder, not a file") }
+        // A device or FIFO would read as empty, forever, or fail with a misleading permission error.
+        var status = stat()
+        if stat(url.path, &status) == 0, status.st_mode & S_IFMT != S_IFREG {
+            throw TwoBPError("\(what) \(url.path) is \(describeKind(status.st_mode)), not a regular file; name a file")
+        }
         do {
             return try Data(contentsOf: url, options: .mappedIfSafe)
         } catch {
@@ -73,11 +138,28 @@ public enum FileIO {
         return FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory) && !isDirectory.boolValue
     }
 
+    /// A regular file itself, not a link to one, a FIFO or a device.
+    public static func isRegularFile(_ url: URL) -> Bool {
+        var status = stat()
+        return lstat(url.path, &status) == 0 && status.st_mode & S_IFMT == S_IFREG
+    }
+
+    /// Creates `url` and any missing parents; the error names the part that is in the way
+    /// (a file where a folder should be, an unwritable parent) with the system's reason.
     public static func createDirectory(_ url: URL) throws {
-        do {
-            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        } catch {
-            throw TwoBPError("cannot create folder \(url.path): \(error.localizedDescription)")
+        var path = ""
+        for component in url.standardizedFileURL.pathComponents {
+            path = component == "/" ? "/" : (path == "/" ? "/" : path + "/") + component
+            var status = stat()
+            if stat(path, &status) == 0 {
+                guard status.st_mode & S_IFMT == S_IFDIR else {
+                    throw TwoBPError("cannot create folder \(url.path): \(path) is \(describeKind(status.st_mode)), not a folder")
+                }
+                continue
+            }
+            guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+                throw TwoBPError("cannot create folder \(url.path): \(path): \(errnoText())")
+            }
         }
     }
 
@@ -98,6 +180,19 @@ public enum FileIO {
         }
     }
 
+    /// "a FIFO", "a character device", ... for messages.
+    static func describeKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "a FIFO"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFSOCK: return "a socket"
+        case S_IFDIR: return "a folder"
+        case S_IFREG: return "a file"
+        default: return "a special file"
+        }
+    }
+
     public static func errnoText() -> String {
         String(cString: strerror(errno))
     }
@@ -111,13 +206,16 @@ private func systemWrite(_ fd: Int32, _ bytes: UnsafeRawPointer, _ count: Int) -
 /// bytes reach the kernel before it returns.
 public final class FileSink {
     public let url: URL
+    /// What the file is for messages, e.g. "--summary".
+    private let what: String
     private var fd: Int32
 
-    public init(url: URL, append: Bool) throws {
+    public init(url: URL, append: Bool, what: String? = nil) throws {
         self.url = url
+        self.what = what.map { $0 + " " } ?? ""
         let flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC)
         fd = open(url.path, flags, 0o644)
-        guard fd >= 0 else { throw TwoBPError("cannot write \(url.path): \(FileIO.errnoText())") }
+        guard fd >= 0 else { throw TwoBPError("cannot write \(self.what)\(url.path): \(FileIO.errnoText())") }
     }
 
     deinit {
@@ -131,7 +229,7 @@ public final class FileSink {
             let written = systemWrite(fd, base, remaining)
             if written < 0 {
                 if errno == EINTR { continue }
-                throw TwoBPError("cannot write \(url.path): \(FileIO.errnoText())")
+                throw TwoBPError("cannot write \(what)\(url.path): \(FileIO.errnoText())")
             }
             remaining -= written
             base += written
@@ -144,7 +242,7 @@ public final class FileSink {
     }
 
     public func sync() throws {
-        guard fsync(fd) == 0 else { throw TwoBPError("cannot sync \(url.path): \(FileIO.errnoText())") }
+        guard fsync(fd) == 0 else { throw TwoBPError("cannot sync \(what)\(url.path): \(FileIO.errnoText())") }
     }
 
     public func close() throws {

@@ -24,6 +24,12 @@ public enum RankLauncher {
                               _ body: @escaping (Transport) throws -> T?) throws -> T? {
         switch kind {
         case .threads:
+            // Under `mpirun -np N` without --transport mpi, every process would run the whole
+            // pipeline on its own and they would all write the same files.
+            if let size = MPIEnvironment.launchedWorldSize, size > 1 {
+                throw TwoBPError("this process is one of \(size) started by mpirun, but --transport is threads: "
+                    + "add --transport mpi (one rank per stage), or run without mpirun")
+            }
             return try RankThreads.run(transports: ThreadTransport.group(ranks: ranks, receiveTimeout: receiveTimeout), body)[0]
         case .mpi:
             guard MPIEnvironment.isLaunchedByMPI else {

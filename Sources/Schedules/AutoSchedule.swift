@@ -19,6 +19,7 @@ public enum AutoSchedule {
         guard ranks > 0, microBatches > 0 else {
             throw ScheduleError(.invalidRequest, "the auto scheduler needs at least one rank and one micro-batch, got \(ranks) and \(microBatches)")
         }
+        try ScheduleRequest.checkMicroBatchBound(microBatches)
         try costs.check(virtualStages: ranks)
         let limit = memoryLimit ?? costs.memoryLimit
         let budget = try (0..<ranks).map { rank -> Int? in

@@ -40,7 +40,7 @@ struct AutoScheduleGreedy {
     private var inputGradientEnd: [[Double?]]
     private var forwardsDone: [Int]
     private var inputGradientsDone: [Int]
-    private var pendingWeights: [[Int]]
+    private var pendingWeights: [MicroBatchQueue]
     private var live: [Int]
     private var decisionTime: [Double]
     private var actions: [[Action]]
@@ -55,7 +55,7 @@ struct AutoScheduleGreedy {
         inputGradientEnd = forwardEnd
         forwardsDone = Array(repeating: 0, count: ranks)
         inputGradientsDone = forwardsDone
-        pendingWeights = Array(repeating: [], count: ranks)
+        pendingWeights = Array(repeating: MicroBatchQueue(), count: ranks)
         live = forwardsDone
         decisionTime = Array(repeating: 0, count: ranks)
         actions = Array(repeating: [], count: ranks)
@@ -188,4 +188,23 @@ struct AutoScheduleGreedy {
         live[rank] += costs.memoryDelta(of: kind, stage: rank, microBatches: covered)
         decisionTime[rank] = now + costs.duration(of: kind, stage: rank, microBatches: covered)
     }
+}
+
+/// The micro-batches whose p2 is pending, oldest first. Taking the oldest moves an index instead
+/// of shifting the array, so a pass stays linear in M when thousands are pending.
+struct MicroBatchQueue {
+    private var items: [Int] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+
+    mutating func append(_ microBatch: Int) { items.append(microBatch) }
+
+    mutating func removeFirst() -> Int {
+        defer { head += 1 }
+        return items[head]
+    }
+
+    mutating func removeAll() { head = items.count }
 }

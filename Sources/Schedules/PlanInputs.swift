@@ -37,6 +37,9 @@ public enum PlanInputs {
         guard stages >= 1 else {
             throw ScheduleError(.invalidRequest, "--stages must be at least 1, got \(stages)")
         }
+        guard stages <= ScheduleRequest.maxRanks else {
+            throw ScheduleError(.invalidRequest, "--stages \(stages) is more than the \(ScheduleRequest.maxRanks) a schedule accepts")
+        }
     }
 
     /// The cost model of a `--costs` value: a JSON file (a path ending in

@@ -78,8 +78,10 @@ public enum PlanRanking {
     /// - Parameter costs: the cost model for `virtualStages` stages and a
     ///   micro-batch `scale` times the configured size (scale > 1 only for naive).
     ///   A candidate whose costs throw is listed as skipped with the message.
+    /// - Parameter progress: called before each candidate with how many are done, of how many, and its name.
     public static func rank(_ settings: Settings,
-                            costs: (_ virtualStages: Int, _ scale: Int) throws -> CostModel) throws -> PlanReport {
+                            costs: (_ virtualStages: Int, _ scale: Int) throws -> CostModel,
+                            progress: (_ done: Int, _ total: Int, _ candidate: String) -> Void = { _, _, _ in }) throws -> PlanReport {
         try PlanInputs.checkStages(settings.ranks)
         guard settings.microBatchSize >= 1, settings.sequenceLength >= 1 else {
             throw ScheduleError(.invalidRequest, "micro-batch size and sequence length must be at least 1")
@@ -93,11 +95,15 @@ public enum PlanRanking {
             let message = (error as? ScheduleError)?.message.split(separator: "\n").first.map(String.init) ?? "\(error)"
             skipped.append(PlanSkip(schedule: name, reason: message))
         }
+        let total = settings.kinds.reduce(0) { count, choice in if case .auto = choice { count + 1 } else { count + 2 } }
+        var done = 0
         for choice in settings.kinds {
             switch choice {
             case let .kind(kind):
                 for twoBP in [false, true] {
                     let name = kind.rawValue + (twoBP ? Schedule.twoBPSuffix : "")
+                    progress(done, total, name)
+                    done += 1
                     do {
                         let naiveScale = settings.microBatches ?? ScheduleKind.gpipe.defaultMicroBatches(ranks: settings.ranks)
                         let microBatches = kind == .naive ? 1 : settings.microBatches
@@ -113,6 +119,8 @@ public enum PlanRanking {
                 }
             case .auto:
                 let microBatches = settings.microBatches ?? 2 * settings.ranks
+                progress(done, total, PlanInputs.Choice.autoName)
+                done += 1
                 do {
                     let model = try costs(settings.ranks, 1)
                     let result = try AutoSchedule.build(ranks: settings.ranks, microBatches: microBatches, costs: model,
@@ -124,6 +132,11 @@ public enum PlanRanking {
                     note(PlanInputs.Choice.autoName, error)
                 }
             }
+        }
+        guard !entries.isEmpty else {
+            var reasons: [String] = []
+            for skip in skipped where !reasons.contains(skip.reason) { reasons.append(skip.reason) }
+            throw ScheduleError(.invalidRequest, "no schedule can be planned: " + reasons.joined(separator: "; "))
         }
         for index in entries.indices where entries[index].twoBP && entries[index].kind != PlanInputs.Choice.autoName {
             if let plain = entries.first(where: { $0.kind == entries[index].kind && !$0.twoBP }), plain.samplesPerSecond > 0 {

@@ -42,16 +42,33 @@ public struct ScheduleRequest: Sendable, Equatable, CustomStringConvertible {
         "\(kind)\(twoBP ? "+2bp" : "") on \(ranks) ranks, \(microBatches.map(String.init) ?? "default") micro-batches"
     }
 
+    /// The most micro-batches a step may have. Far beyond any pipeline's use (the bubble is gone by
+    /// a few times the ranks), and it keeps generating, simulating and planning a step to seconds.
+    public static let maxMicroBatches = 10_000
+
+    /// The most ranks (pipeline stages) a schedule may have.
+    public static let maxRanks = 1024
+
+    static func checkMicroBatchBound(_ microBatches: Int) throws {
+        guard microBatches <= maxMicroBatches else {
+            throw ScheduleError(.invalidRequest, "\(microBatches) micro-batches per step is more than the \(maxMicroBatches) a schedule accepts")
+        }
+    }
+
     /// The shape with defaults filled in, or an error saying which parameter is wrong and why.
     public func resolved() throws -> PipelineShape {
         guard ranks >= 1 else {
             throw ScheduleError(.invalidRequest, "\(kind) needs at least 1 rank, got \(ranks)")
+        }
+        guard ranks <= Self.maxRanks else {
+            throw ScheduleError(.invalidRequest, "\(ranks) ranks is more than the \(Self.maxRanks) a schedule accepts")
         }
         let microBatches = self.microBatches ?? kind.defaultMicroBatches(ranks: ranks)
         let chunks = chunksPerRank ?? kind.defaultChunksPerRank
         guard microBatches >= 1 else {
             throw ScheduleError(.invalidRequest, "\(kind) needs at least 1 micro-batch, got \(microBatches)")
         }
+        try Self.checkMicroBatchBound(microBatches)
         guard chunks >= 1 else {
             throw ScheduleError(.invalidRequest, "\(kind) needs at least 1 chunk per rank, got \(chunks)")
         }

@@ -35,9 +35,9 @@ public struct EvaluationResult: Equatable, Sendable, Encodable {
         String(decoding: try JSONLines.pretty(self), as: UTF8.self)
     }
 
-    /// Writes `jsonText()` to `url` (atomically, through a temporary sibling).
+    /// Writes `jsonText()` to `url` (`FileIO.writeOutput`).
     public func writeJSON(to url: URL) throws {
-        try FileIO.writeDurably(url, text: jsonText())
+        try FileIO.writeOutput(url, what: "--json", text: jsonText())
     }
 }
 
@@ -133,7 +133,7 @@ public struct HeldOutEvaluation: Encodable {
 
     /// Writes the terms, batches and samples as indented JSON to `url` (atomically).
     public func writeJSON(to url: URL) throws {
-        try FileIO.writeDurably(url, bytes: [UInt8](JSONLines.pretty(self)))
+        try FileIO.writeOutput(url, what: "--json", data: JSONLines.pretty(self))
     }
 }
 

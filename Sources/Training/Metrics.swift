@@ -53,12 +53,12 @@ public final class MetricsLog {
     public init(url: URL, resumingAfter step: Int? = nil) throws {
         self.url = url
         try FileIO.createDirectory(url.deletingLastPathComponent())
-        if let step, FileIO.isFile(url) {
+        if try FileIO.outputKind(url, what: "--metrics") == .replaceable, let step, FileIO.isRegularFile(url) {
             let kept = try MetricsLog.records(in: FileIO.read(url, what: "metrics file"), upTo: step)
             try FileIO.writeDurably(url, text: kept.map { $0 + "\n" }.joined())
             sink = try FileSink(url: url, append: true)
         } else {
-            sink = try FileSink(url: url, append: false)
+            sink = try FileSink(url: url, append: false, what: "--metrics")
         }
     }
 

@@ -85,6 +85,7 @@ public final class Trainer {
             throw TwoBPError("\(checkpoint.folder.path) is at step \(saved.step), past --steps \(settings.steps)")
         }
         try checkpoint.model.load(into: worker.parameters, buffers: worker.buffers)
+        try ModelLoading.checkFinite(worker.parameters, buffers: worker.buffers, source: checkpoint.folder.path)
         try worker.optimizer.loadState(from: checkpoint.optimizer)
         state = saved
         state.schedule = learningRates

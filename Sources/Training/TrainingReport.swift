@@ -92,10 +92,11 @@ public struct TrainingReport {
     public func write() throws {
         if let url = settings.summary {
             try FileIO.createDirectory(url.deletingLastPathComponent())
-            try FileIO.writeDurably(url, bytes: [UInt8](JSONLines.pretty(summary)))
+            try FileIO.writeOutput(url, what: "--summary", data: JSONLines.pretty(summary))
         }
         if let url = settings.timeline {
-            try FileIO.writeDurably(url, text: ChromeTrace.render(outcome.lastStepTimeline, name: settings.pipeline.description))
+            try FileIO.createDirectory(url.deletingLastPathComponent())
+            try FileIO.writeOutput(url, what: "--timeline", text: ChromeTrace.render(outcome.lastStepTimeline, name: settings.pipeline.description))
         }
         let names = settings.model.lossTerms
         let loss = outcome.lastLossTerms.isEmpty ? "loss -" : LossTerms.describe(names, outcome.lastLossTerms)

@@ -1,5 +1,6 @@
 import Checkpoints
 import Data
+import Files
 import Foundation
 import Models
 import Pipeline
@@ -70,5 +71,11 @@ extension TrainingSettings {
         let source = try DataSources.open(data, for: model, sampleLength: sampleLength)
         if evaluateEvery != nil { _ = try source.validationBatches(batchSize: batchSize, limit: 1) }
         if let resume { _ = try Checkpoint.load(from: Checkpoint.resolve(resume)) }
+        // An output that cannot be written is found now, not after the last step.
+        for (url, what) in [(metrics, "--metrics"), (summary, "--summary"), (timeline, "--timeline")] {
+            guard let url else { continue }
+            try FileIO.createDirectory(url.deletingLastPathComponent())
+            try FileIO.outputKind(url, what: what)
+        }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Benchmarks
 import Checkpoints
 import Data
+import Files
 import Foundation
 import Models
 import Pipeline
@@ -20,12 +21,12 @@ struct BenchCommand: ParsableCommand {
 }
 
 /// Writes `value` as indented JSON to `path`, when given.
-func writeJSON<T: Encodable>(_ value: T, to path: String?) throws {
+func writeJSON<T: Encodable>(_ value: T, to path: String?, what: String = "--json") throws {
     guard let path else { return }
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     encoder.keyEncodingStrategy = .convertToSnakeCase
-    try encoder.encode(value).write(to: URL(fileURLWithPath: path))
+    try FileIO.writeOutput(URL(fileURLWithPath: path), what: what, data: encoder.encode(value))
 }
 
 struct StepBenchCommand: ParsableCommand {
@@ -35,13 +36,13 @@ struct StepBenchCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(name: .customLong("batch-size"), help: "Sequences per step.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences per step.")
     var batchSize = 16
 
-    @Option(help: "Measured steps (after one warm-up step).")
+    @Option(parsing: .unconditional, help: "Measured steps (after one warm-up step).")
     var steps = 3
 
-    @Option(name: .customLong("blas-threads"), help: "Threads of TwoBP's kernels (large GEMMs split into blocks, one OpenBLAS thread each; default: all cores).")
+    @Option(name: .customLong("blas-threads"), parsing: .unconditional, help: "Threads of TwoBP's kernels (large GEMMs split into blocks, one OpenBLAS thread each; default: all cores).")
     var blasThreads: Int?
 
     @Option(help: "Write the result as JSON to this file.")
@@ -55,6 +56,9 @@ struct StepBenchCommand: ParsableCommand {
 
     func run() throws {
         let (config, sampleLength) = try modelOptions.resolve()
+        try MemoryEstimate.training(model: config, request: ScheduleRequest(kind: .naive, ranks: 1), batchSize: batchSize,
+                                    sampleLength: sampleLength, allRanksInProcess: true, keepsWholeModel: false)
+            .check(limit: nil, command: "bench step")
         let threads = blasThreads ?? ProcessInfo.processInfo.activeProcessorCount
         Parallel.setThreads(threads)
         let result = try StepBenchmark.run(model: config, name: modelOptions.model, batchSize: batchSize,
@@ -83,22 +87,22 @@ struct PipelineBenchCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Pipeline stages (ranks).")
+    @Option(parsing: .unconditional, help: "Pipeline stages (ranks).")
     var stages = 2
 
     @Option(help: "Comma-separated schedules to compare.")
     var schedules = "gpipe,1f1b-1,1f1b-2"
 
-    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: each schedule's own).")
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional, help: "Micro-batches per step (default: each schedule's own).")
     var microBatches: Int?
 
-    @Option(name: .customLong("batch-size"), help: "Sequences per step.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences per step.")
     var batchSize = 16
 
-    @Option(help: "Steps per run; the first is warm-up and not timed.")
+    @Option(parsing: .unconditional, help: "Steps per run; the first is warm-up and not timed.")
     var steps = 3
 
-    @Option(help: "Runs of every variant, interleaved plain / 2BP.")
+    @Option(parsing: .unconditional, help: "Runs of every variant, interleaved plain / 2BP.")
     var repeats = 3
 
     @Option(help: "How stages talk: threads or mpi (under mpirun, one rank per stage).")
@@ -119,7 +123,13 @@ struct PipelineBenchCommand: ParsableCommand {
 
     func run() throws {
         let (config, sampleLength) = try modelOptions.resolve()
-        let kinds = try schedules.split(separator: ",").map { try ScheduleKind(name: String($0)) }
+        let kinds = try Self.scheduleList(schedules)
+        for kind in kinds {
+            let request = ScheduleRequest(kind: kind, ranks: stages, microBatches: microBatches)
+            try MemoryEstimate.training(model: config, request: request, batchSize: batchSize, sampleLength: sampleLength,
+                                        allRanksInProcess: transport == .threads, keepsWholeModel: false)
+                .check(limit: nil, command: "bench pipeline")
+        }
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: config.dataKind), steps: steps,
             batchSize: batchSize, sampleLength: sampleLength, learningRate: 1e-3, warmupSteps: 0,
@@ -163,6 +173,25 @@ struct PipelineBenchCommand: ParsableCommand {
 private func spread(_ values: [Double], _ median: Double) -> String {
     guard let low = values.min(), let high = values.max(), median > 0 else { return "" }
     return String(format: "±%.1f%%", 50 * (high - low) / median)
+}
+
+extension PipelineBenchCommand {
+    /// `--schedules`: at least one name, none empty, none twice (a repeated schedule would be
+    /// pooled into one row printed twice).
+    static func scheduleList(_ text: String) throws -> [ScheduleKind] {
+        let names = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard names.contains(where: { !$0.isEmpty }) else {
+            throw TwoBPError("--schedules names no schedule; give a comma-separated list such as gpipe,1f1b-1")
+        }
+        guard !names.contains(where: \.isEmpty) else { throw TwoBPError("--schedules '\(text)' has an empty entry") }
+        var kinds: [ScheduleKind] = []
+        for name in names {
+            let kind = try ScheduleKind(name: name)
+            guard !kinds.contains(kind) else { throw TwoBPError("--schedules names \(kind.rawValue) twice") }
+            kinds.append(kind)
+        }
+        return kinds
+    }
 }
 
 /// One line of the pipeline benchmark's table.

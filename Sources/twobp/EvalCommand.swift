@@ -49,7 +49,10 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         // One device: every core for the kernels.
         Parallel.setThreads(ProcessInfo.processInfo.activeProcessorCount)
-        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
+        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint)) { config in
+            try MemoryEstimate.inference(model: config, batchSize: batchSize, sampleLength: sequenceLength ?? config.defaultSampleLength)
+                .check(limit: nil, command: "eval")
+        }
         let url = data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: loaded.config.dataKind)
         let length = sequenceLength ?? loaded.config.defaultSampleLength
         guard let model = loaded.model as? CausalLanguageModel else {

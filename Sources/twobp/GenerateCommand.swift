@@ -34,7 +34,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Sample only among the K most likely bytes (default: all).")
     var topK: Int?
 
-    @Option(help: "Seed of the sampler.")
+    @Option(parsing: .unconditional, help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
     func validate() throws {
@@ -49,7 +49,9 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         // One device: every core for the kernels.
         Parallel.setThreads(ProcessInfo.processInfo.activeProcessorCount)
-        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint))
+        let loaded = try ModelLoading.load(from: URL(fileURLWithPath: checkpoint)) { config in
+            try MemoryEstimate.inference(model: config, batchSize: 1, sampleLength: config.defaultSampleLength).check(limit: nil, command: "generate")
+        }
         guard let model = loaded.model as? CausalLanguageModel else {
             throw TwoBPError("\(loaded.folder.path) holds a \(type(of: loaded.config).modelType) model, which does not generate text")
         }

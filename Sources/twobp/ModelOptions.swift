@@ -7,10 +7,10 @@ struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Model: \(ModelRegistry.names.joined(separator: ", ")), or a path to a config.json (Hugging Face / torchvision style, dispatched on model_type)."))
     var model = "llama-tiny"
 
-    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default: the model's longest, max_position_embeddings).")
+    @Option(name: .customLong("seq-len"), parsing: .unconditional, help: "Tokens per sequence (default: the model's longest, max_position_embeddings).")
     var sequenceLength: Int?
 
-    @Option(help: "Seed of weight initialisation and data sampling.")
+    @Option(parsing: .unconditional, help: "Seed of weight initialisation and data sampling.")
     var seed: UInt64 = 1234
 
     mutating func validate() throws {

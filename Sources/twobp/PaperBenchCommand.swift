@@ -62,7 +62,7 @@ struct PaperBenchCommand: ParsableCommand {
                 return family
             }
         } ?? ModelRegistry.families
-        let kinds = try schedules.map { try $0.split(separator: ",").map { try ScheduleKind(name: String($0)) } } ?? ScheduleKind.allCases
+        let kinds = try schedules.map(PipelineBenchCommand.scheduleList) ?? ScheduleKind.allCases
         guard !chosen.isEmpty, !kinds.isEmpty else { throw TwoBPError("--families and --schedules must name at least one") }
         Parallel.setThreads(1)
         let runs = chosen.count * kinds.count * 2 * repeats
@@ -76,7 +76,7 @@ struct PaperBenchCommand: ParsableCommand {
         }
         let table = result.markdown
         print(table)
-        if let markdown { try FileIO.writeDurably(URL(fileURLWithPath: markdown), text: table) }
+        if let markdown { try FileIO.writeOutput(URL(fileURLWithPath: markdown), what: "--markdown", text: table) }
         try writeJSON(result, to: json)
     }
 }

@@ -5,7 +5,7 @@ import Schedules
 
 /// Options shared by every command that runs or describes a pipeline.
 struct PipelineOptions: ParsableArguments {
-    @Option(help: "Pipeline stages (ranks). 1 trains on one device.")
+    @Option(parsing: .unconditional, help: "Pipeline stages (ranks). 1 trains on one device.")
     var stages = 1
 
     @Option(help: "Schedule: naive, gpipe, 1f1b-1, 1f1b-2, interleaved, zb-h1, zb-h2, zb-v.")
@@ -14,10 +14,10 @@ struct PipelineOptions: ParsableArguments {
     @Flag(name: .customLong("2bp"), help: "Split backward: send p1 at once, defer p2 (2BP).")
     var twoBP = false
 
-    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: the schedule's, e.g. S for 1f1b-1, 2S for 1f1b-2).")
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional, help: "Micro-batches per step (default: the schedule's, e.g. S for 1f1b-1, 2S for 1f1b-2).")
     var microBatches: Int?
 
-    @Option(help: "Model chunks per rank for interleaved schedules (default 2).")
+    @Option(parsing: .unconditional, help: "Model chunks per rank for interleaved schedules (default 2).")
     var chunks: Int?
 
     @Option(help: "How stages talk: threads (one process) or mpi (one process per stage, under mpirun).")

@@ -28,13 +28,13 @@ struct PlanCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Pipeline stages (ranks).")
+    @Option(parsing: .unconditional, help: "Pipeline stages (ranks).")
     var stages = 4
 
-    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step for every schedule (default: each schedule's own).")
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional, help: "Micro-batches per step for every schedule (default: each schedule's own).")
     var microBatches: Int?
 
-    @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch.")
+    @Option(name: .customLong("micro-batch-size"), parsing: .unconditional, help: "Sequences per micro-batch.")
     var microBatchSize = 1
 
     @Option(name: .customLong("memory-limit"), help: "Bytes per rank, e.g. 80GiB; entries over it are marked and auto keeps under it.")
@@ -43,22 +43,22 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Cost model JSON (from `twobp profile`) instead of the FLOP-based model.")
     var costs: String?
 
-    @Option(name: .customLong("flops-rate"), help: "FLOP/s per rank for the FLOP-based model, e.g. 312e12 (A100 bf16 peak). Default: measured sgemm here, 1 thread.")
+    @Option(name: .customLong("flops-rate"), parsing: .unconditional, help: "FLOP/s per rank for the FLOP-based model, e.g. 312e12 (A100 bf16 peak). Default: measured sgemm here, 1 thread.")
     var flopsRate: Double?
 
-    @Option(help: "Bytes/s of the link between ranks, e.g. 25e9 (default: free communication).")
+    @Option(parsing: .unconditional, help: "Bytes/s of the link between ranks, e.g. 25e9 (default: free communication).")
     var bandwidth: Double?
 
-    @Option(help: "Seconds of latency per transfer.")
+    @Option(parsing: .unconditional, help: "Seconds of latency per transfer.")
     var latency = 0.0
 
-    @Option(name: .customLong("activation-bytes"), help: "Bytes per activation value (2: bf16, 4: fp32).")
+    @Option(name: .customLong("activation-bytes"), parsing: .unconditional, help: "Bytes per activation value (2: bf16, 4: fp32).")
     var activationBytes = 2
 
-    @Option(name: .customLong("bytes-per-parameter"), help: "Static bytes per parameter: weights, gradients, optimizer state.")
+    @Option(name: .customLong("bytes-per-parameter"), parsing: .unconditional, help: "Static bytes per parameter: weights, gradients, optimizer state.")
     var bytesPerParameter = 16
 
-    @Option(help: "Fraction of a single p2 that each extra micro-batch of a concatenated p2 costs (FLOP-based model; 1 = no gain).")
+    @Option(parsing: .unconditional, help: "Fraction of a single p2 that each extra micro-batch of a concatenated p2 costs (FLOP-based model; 1 = no gain).")
     var efficiency = 1.0
 
     @Option(help: "Write the ranking as JSON to this file.")
@@ -68,10 +68,17 @@ struct PlanCommand: ParsableCommand {
         try PlanInputs.checkStages(stages)
         guard microBatchSize >= 1 else { throw TwoBPError("--micro-batch-size must be at least 1, got \(microBatchSize)") }
         if let microBatches, microBatches < 1 { throw TwoBPError("--micro-batches must be at least 1, got \(microBatches)") }
+        if let microBatches, microBatches > ScheduleRequest.maxMicroBatches {
+            throw TwoBPError("--micro-batches \(microBatches) is more than the \(ScheduleRequest.maxMicroBatches) a schedule accepts")
+        }
         guard activationBytes >= 1, bytesPerParameter >= 0 else {
             throw TwoBPError("--activation-bytes must be at least 1 and --bytes-per-parameter at least 0")
         }
-        if let bandwidth, !(bandwidth > 0) { throw TwoBPError("--bandwidth must be positive, got \(bandwidth)") }
+        if let bandwidth, !(bandwidth > 0 && bandwidth.isFinite) { throw TwoBPError("--bandwidth must be positive, got \(bandwidth)") }
+        guard latency >= 0, latency.isFinite else { throw TwoBPError("--latency must be zero or more seconds, got \(latency)") }
+        guard efficiency > 0, efficiency.isFinite else {
+            throw TwoBPError("--efficiency must be a positive fraction (1 = no gain from concatenating p2), got \(efficiency)")
+        }
         let (config, sequenceLength) = try modelOptions.resolve()
         let limit = try memoryLimit.map(PlanInputs.bytes)
         let settings = PlanRanking.Settings(ranks: stages, microBatches: microBatches, microBatchSize: microBatchSize,
@@ -85,7 +92,7 @@ struct PlanCommand: ParsableCommand {
                     throw TwoBPError("the cost file has \(model.stages.count) stages, this schedule needs \(virtualStages) (profile with --chunks to cover it)")
                 }
                 return scale == 1 ? model : model.scaled(time: Double(scale), memory: Double(scale))
-            }
+            } progress: { showProgress($0, $1, $2) }
         } else {
             let rate: Double
             if let flopsRate {
@@ -106,9 +113,18 @@ struct PlanCommand: ParsableCommand {
                 + ", W* efficiency \(efficiency)")
             report = try PlanRanking.rank(settings) { virtualStages, scale in
                 try AnalyticCosts.costModel(config, settings: analytic, virtualStages: virtualStages, scale: scale)
-            }
+            } progress: { showProgress($0, $1, $2) }
         }
+        showProgress(1, 1, "")
         print(report.table)
         try writeJSON(report, to: json)
+    }
+
+    /// "planning 3/17: 1f1b-1+2bp" on a terminal's stderr, so long plans (thousands of
+    /// micro-batches) show they are working; redirected output stays the table alone.
+    private func showProgress(_ done: Int, _ total: Int, _ candidate: String) {
+        guard isatty(STDERR_FILENO) != 0 else { return }
+        let line = done == total ? "\r\u{1B}[K" : "\rplanning \(done + 1)/\(total): \(candidate)\u{1B}[K"
+        FileHandle.standardError.write(Data(line.utf8))
     }
 }

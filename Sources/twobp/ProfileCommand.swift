@@ -2,6 +2,7 @@ import ArgumentParser
 import Benchmarks
 import Checkpoints
 import Data
+import Files
 import Foundation
 import Models
 import Schedules
@@ -27,22 +28,22 @@ struct ProfileCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: "Pipeline stages (ranks).")
+    @Option(parsing: .unconditional, help: "Pipeline stages (ranks).")
     var stages = 2
 
     @Option(help: "Schedule whose partition is measured (and run by --compare).")
     var schedule = "1f1b-1"
 
-    @Option(help: "Model chunks per rank (interleaved, zb-v).")
+    @Option(parsing: .unconditional, help: "Model chunks per rank (interleaved, zb-v).")
     var chunks: Int?
 
-    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: the schedule's).")
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional, help: "Micro-batches per step (default: the schedule's).")
     var microBatches: Int?
 
-    @Option(name: .customLong("batch-size"), help: "Sequences per step (default: 2 per micro-batch).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences per step (default: 2 per micro-batch).")
     var batchSize: Int?
 
-    @Option(help: "Measurements per figure; the median is kept.")
+    @Option(parsing: .unconditional, help: "Measurements per figure; the median is kept.")
     var repeats = 3
 
     @Option(help: "Write the cost model JSON to this file.")
@@ -51,7 +52,7 @@ struct ProfileCommand: ParsableCommand {
     @Flag(help: "Also run the schedule without and with 2BP on threads and compare measured with simulated step times.")
     var compare = false
 
-    @Option(help: "With --compare: measured steps per schedule (after one warm-up).")
+    @Option(parsing: .unconditional, help: "With --compare: measured steps per schedule (after one warm-up).")
     var steps = 3
 
     @Option(help: "With --compare: write measured and simulated timelines stacked as SVG.")
@@ -59,6 +60,12 @@ struct ProfileCommand: ParsableCommand {
 
     @Option(name: .customLong("compare-json"), help: "With --compare: write the comparison as JSON.")
     var compareJSON: String?
+
+    func validate() throws {
+        guard compare || (svg == nil && compareJSON == nil) else {
+            throw ValidationError("--\(svg != nil ? "svg" : "compare-json") draws the --compare run; add --compare")
+        }
+    }
 
     func run() throws {
         try PlanInputs.checkStages(stages)
@@ -71,6 +78,9 @@ struct ProfileCommand: ParsableCommand {
         guard batch >= shape.microBatches else {
             throw TwoBPError("--batch-size \(batch) cannot be split into \(shape.microBatches) micro-batches")
         }
+        try MemoryEstimate.training(model: config, request: request, batchSize: batch, sampleLength: sequenceLength,
+                                    allRanksInProcess: true, keepsWholeModel: false)
+            .check(limit: nil, command: "profile")
         Parallel.setThreads(1)
         let result = try Profiler.run(Profiler.Settings(model: config, modelName: modelOptions.model, request: request,
                                                         batchSize: batch, sampleLength: sequenceLength,
@@ -89,7 +99,7 @@ struct ProfileCommand: ParsableCommand {
                 + "static \(RenderStyle.bytes(stage.staticBytes)), message \(RenderStyle.bytes(result.costs.messageBytes))")
         }
         if let json {
-            try result.jsonData().write(to: URL(fileURLWithPath: json))
+            try FileIO.writeOutput(URL(fileURLWithPath: json), what: "--json", data: result.jsonData())
             print("wrote \(json)")
         }
         if compare { try runComparison(config: config, sequenceLength: sequenceLength, batch: batch, costs: result.costs) }
@@ -124,9 +134,9 @@ struct ProfileCommand: ParsableCommand {
         }
         if let svg {
             let title = "\(modelOptions.model) on \(stages) thread stages, OpenBLAS \(BLAS.coreName): measured vs simulated"
-            try TimelineSVG.renderStacked(panels, title: title).write(toFile: svg, atomically: true, encoding: .utf8)
+            try FileIO.writeOutput(URL(fileURLWithPath: svg), what: "--svg", text: TimelineSVG.renderStacked(panels, title: title))
             print("wrote \(svg)")
         }
-        try writeJSON(results, to: compareJSON)
+        try writeJSON(results, to: compareJSON, what: "--compare-json")
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Files
 import Foundation
 import Schedules
 import Tensor
@@ -22,16 +23,16 @@ struct ScheduleCommand: ParsableCommand {
     @Option(help: "Schedule: naive, gpipe, 1f1b-1, 1f1b-2, interleaved, zb-h1, zb-h2, zb-v, or auto.")
     var schedule = "1f1b-1"
 
-    @Option(help: "Pipeline stages (ranks).")
+    @Option(parsing: .unconditional, help: "Pipeline stages (ranks).")
     var stages = 4
 
-    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step (default: the schedule's, e.g. S for 1f1b-1, 2S for 1f1b-2 and auto).")
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional, help: "Micro-batches per step (default: the schedule's, e.g. S for 1f1b-1, 2S for 1f1b-2 and auto).")
     var microBatches: Int?
 
     @Flag(name: .customLong("2bp"), help: "Split backward: send p1 at once, defer p2 (2BP). auto is always 2BP.")
     var twoBP = false
 
-    @Option(help: "Model chunks per rank for interleaved (default 2) and zb-v (2).")
+    @Option(parsing: .unconditional, help: "Model chunks per rank for interleaved (default 2) and zb-v (2).")
     var chunks: Int?
 
     @Option(help: "Costs: F=1,I=1,W=1 style string, or a cost model JSON file (default: F=1,I=1,W=1, free communication).")
@@ -71,10 +72,10 @@ struct ScheduleCommand: ParsableCommand {
         guard !text else { return }
         report(built, timeline, memoryLimit: limit ?? costModel.memoryLimit)
         if let svg {
-            try TimelineSVG.render(timeline, title: title(built)).write(toFile: svg, atomically: true, encoding: .utf8)
+            try FileIO.writeOutput(URL(fileURLWithPath: svg), what: "--svg", text: TimelineSVG.render(timeline, title: title(built)))
         }
         if let trace {
-            try ChromeTrace.render(timeline, name: built.name).write(toFile: trace, atomically: true, encoding: .utf8)
+            try FileIO.writeOutput(URL(fileURLWithPath: trace), what: "--trace", text: ChromeTrace.render(timeline, name: built.name))
         }
         try writeJSON(ScheduleSummary(schedule: built.name, ranks: built.ranks, microBatches: built.microBatches,
                                       chunksPerRank: built.chunksPerRank, stepTime: timeline.stepTime,
@@ -124,7 +125,7 @@ struct ScheduleCommand: ParsableCommand {
         let panels = try Self.figure1Panels(ranks: stages, costs: costs)
         let title = "2BP paper Figure 1: \(stages) ranks, "
             + (self.costs.map { "costs \($0)" } ?? "F = I = W = 1 per micro-batch") + "; naive: GPipe's batch as one micro-batch"
-        try TimelineSVG.renderStacked(panels, title: title).write(toFile: path, atomically: true, encoding: .utf8)
+        try FileIO.writeOutput(URL(fileURLWithPath: path), what: "--figure1", text: TimelineSVG.renderStacked(panels, title: title))
         for panel in panels {
             print(String(format: "%-32@ step %8.4g  bubble %5.1f%%", panel.label as NSString, panel.timeline.stepTime,
                          100 * panel.timeline.meanBubbleRatio))

@@ -25,22 +25,22 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Training data. Default: the model family's, built by scripts/setup-data.sh (text models: data/shakespeare.txt, else ../shared/data/shakespeare.txt; bytes are tokens).")
     var data: String?
 
-    @Option(help: "Total optimizer steps of the run (a resumed run continues up to this).")
+    @Option(parsing: .unconditional, help: "Total optimizer steps of the run (a resumed run continues up to this).")
     var steps = 100
 
-    @Option(name: .customLong("batch-size"), help: "Sequences per optimizer step (split into micro-batches).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences per optimizer step (split into micro-batches).")
     var batchSize = 16
 
     @Option(help: "Peak learning rate (AdamW, linear warm-up then cosine decay to a tenth).")
     var lr = 2e-3
 
-    @Option(help: "Warm-up steps (default: a tenth of --steps, at most 100).")
+    @Option(parsing: .unconditional, help: "Warm-up steps (default: a tenth of --steps, at most 100).")
     var warmup: Int?
 
-    @Option(name: .customLong("eval-every"), help: "Validation loss on the held-out last 5% every K steps (and at the end).")
+    @Option(name: .customLong("eval-every"), parsing: .unconditional, help: "Validation loss on the held-out last 5% every K steps (and at the end).")
     var evalEvery = 100
 
-    @Option(name: .customLong("eval-batches"), help: "Validation batches per evaluation.")
+    @Option(name: .customLong("eval-batches"), parsing: .unconditional, help: "Validation batches per evaluation.")
     var evalBatches = 8
 
     @Option(help: "Write one JSON object per optimizer step to this file (JSON lines).")
@@ -52,7 +52,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Checkpoint folder: writes DIR/step-N (Hugging Face safetensors layout).")
     var checkpoint: String?
 
-    @Option(name: .customLong("save-every"), help: "Checkpoint every K steps (and at the end).")
+    @Flag(help: "Start a new run in a --checkpoint folder that holds another run's checkpoints, removing them.")
+    var overwrite = false
+
+    @Option(name: .customLong("save-every"), parsing: .unconditional, help: "Checkpoint every K steps (and at the end).")
     var saveEvery: Int?
 
     @Option(name: .customLong("checkpoint-layout"), help: "single: rank 0 writes one model.safetensors; per-stage: each rank writes its stage's shard (needs a folder all ranks share). Default: single with threads, per-stage with MPI.")
@@ -64,7 +67,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Write the last step's measured timeline as Chrome trace JSON (chrome://tracing, Perfetto).")
     var timeline: String?
 
-    @Option(name: .customLong("blas-threads"), help: "Threads of TwoBP's kernels per process, shared by its stages (default: cores / stages with threads, 1 per MPI rank).")
+    @Option(name: .customLong("memory-limit"), help: "Refuse to start when the estimated memory exceeds this, e.g. 8GiB (default: the memory available).")
+    var memoryLimit: String?
+
+    @Option(name: .customLong("blas-threads"), parsing: .unconditional, help: "Threads of TwoBP's kernels per process, shared by its stages (default: cores / stages with threads, 1 per MPI rank).")
     var blasThreads: Int?
 
     func validate() throws {
@@ -76,6 +82,7 @@ struct TrainCommand: ParsableCommand {
         guard evalBatches >= 1 else { throw ValidationError("--eval-batches must be at least 1, got \(evalBatches)") }
         if let saveEvery, saveEvery < 1 { throw ValidationError("--save-every must be at least 1, got \(saveEvery)") }
         if saveEvery != nil && checkpoint == nil { throw ValidationError("--save-every needs --checkpoint DIR") }
+        if overwrite && checkpoint == nil { throw ValidationError("--overwrite needs --checkpoint DIR") }
         if let blasThreads, blasThreads < 1 { throw ValidationError("--blas-threads must be at least 1, got \(blasThreads)") }
     }
 
@@ -95,7 +102,17 @@ struct TrainCommand: ParsableCommand {
         settings.resume = resume.map { URL(fileURLWithPath: $0) }
         settings.timeline = timeline.map { URL(fileURLWithPath: $0) }
 
+        try MemoryEstimate.training(model: config, request: settings.pipeline, batchSize: batchSize, sampleLength: sampleLength,
+                                    allRanksInProcess: pipeline.transport == .threads,
+                                    keepsWholeModel: (MPIEnvironment.launchedRank ?? 0) == 0)
+            .check(limit: try memoryLimit.map(PlanInputs.bytes), command: "train")
         try settings.check()
+        // Rank 0's process claims the checkpoint folder for the whole job, until it exits.
+        let claim = try settings.checkpointDirectory.flatMap { directory in
+            (MPIEnvironment.launchedRank ?? 0) == 0
+                ? try CheckpointClaim(directory, resuming: settings.resume, overwrite: overwrite) : nil
+        }
+        defer { withExtendedLifetime(claim) {} }
         Parallel.setThreads(pipeline.blasThreads(blasThreads))
         let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages, peerTimeout: pipeline.peerWatchdogTimeout) { transport in
             try Trainer(settings: settings, transport: transport).run()

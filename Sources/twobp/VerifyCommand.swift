@@ -2,9 +2,11 @@ import ArgumentParser
 import Benchmarks
 import Checkpoints
 import Data
+import Files
 import Foundation
 import Models
 import Pipeline
+import Schedules
 import Tensor
 import Training
 struct VerifyCommand: ParsableCommand {
@@ -20,11 +22,14 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var pipeline: PipelineOptions
 
-    @Option(name: .customLong("batch-size"), help: "Sequences in the step (default: the schedule's micro-batches, one sequence each).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences in the step (default: the schedule's micro-batches, one sequence each).")
     var batchSize: Int?
 
     @Option(help: "Text to take the batch from (default: random tokens).")
     var data: String?
+
+    @Option(name: .customLong("memory-limit"), help: "Refuse to start when the estimated memory exceeds this, e.g. 8GiB (default: the memory available).")
+    var memoryLimit: String?
 
     @Option(help: "Largest accepted relative gradient (and loss) difference.")
     var tolerance = 1e-5
@@ -43,6 +48,13 @@ struct VerifyCommand: ParsableCommand {
         let request = try pipeline.request()
         let microBatches = try request.resolved().microBatches
         let size = batchSize ?? microBatches
+        // The pipeline's step and the same step on one device, both before anything is allocated.
+        var estimate = try MemoryEstimate.training(model: config, request: request, batchSize: size, sampleLength: sampleLength,
+                                                   allRanksInProcess: pipeline.transport == .threads, keepsWholeModel: false)
+        estimate.processBytes += try MemoryEstimate.training(
+            model: config, request: ScheduleRequest(kind: .naive, ranks: 1), batchSize: size, sampleLength: sampleLength,
+            allRanksInProcess: true, keepsWholeModel: false).processBytes
+        try estimate.check(limit: try memoryLimit.map(PlanInputs.bytes), command: "verify")
         let batch: any MicroBatch
         if let data {
             let source = try DataSources.open(URL(fileURLWithPath: data), for: config, sampleLength: sampleLength)
@@ -61,7 +73,7 @@ struct VerifyCommand: ParsableCommand {
 
     func finish(_ report: VerificationReport) throws {
         if let json {
-            try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: json))
+            try FileIO.writeOutput(URL(fileURLWithPath: json), what: "--json", data: JSONEncoder().encode(report))
         }
         let verdict = report.agrees(tolerance: tolerance) ? "OK" : "MISMATCH"
         print("\(verdict): \(pipeline.schedule)\(pipeline.twoBP ? " + 2BP" : "") on \(pipeline.stages) stages: "

@@ -8,11 +8,12 @@ final class CommandLineErrorTests: XCTestCase {
         let standardError: String
     }
 
-    func twobp(_ arguments: [String]) throws -> Outcome {
+    func twobp(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
         let executable = try XCTUnwrap(MPIJob.findProduct("twobp"), "twobp not built")
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
@@ -22,8 +23,9 @@ final class CommandLineErrorTests: XCTestCase {
         return Outcome(status: process.terminationStatus, standardError: text)
     }
 
-    func assertOneLineError(_ arguments: [String], contains expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let outcome = try twobp(arguments)
+    func assertOneLineError(_ arguments: [String], contains expected: String, environment: [String: String] = [:],
+                            file: StaticString = #filePath, line: UInt = #line) throws {
+        let outcome = try twobp(arguments, environment: environment)
         XCTAssertEqual(outcome.status, 1, "twobp \(arguments.joined(separator: " ")): \(outcome.standardError)", file: file, line: line)
         let lines = outcome.standardError.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, "expected one line, got:\n\(outcome.standardError)", file: file, line: line)
