@@ -94,7 +94,7 @@ final class TextCorpusTests: XCTestCase {
         assertTwoBPError("empty.txt is empty") { try TextCorpus(contentsOf: empty, sequenceLength: 8) }
         let short = folder.appendingPathComponent("short.txt")
         try Data(text.prefix(300)).write(to: short)
-        assertTwoBPError("short.txt has 300 bytes, too short for sequence length 64", "about 1300 bytes") {
+        assertTwoBPError("short.txt has 300 bytes, too short for sequence length 64", "at least 1300 bytes") {
             try TextCorpus(contentsOf: short, sequenceLength: 64)
         }
         let corpus = try TextCorpus(contentsOf: short, sequenceLength: 8)
