@@ -1,4 +1,5 @@
 import Foundation
+import Layers
 import Models
 import Tensor
 @testable import Data
@@ -36,15 +37,18 @@ final class SentencePairCorpusTests: XCTestCase {
                 XCTAssertTrue(position < length && !separators.contains(position) && position != 0)
                 XCTAssertLessThan(label, 256)
             }
-            let a = String(decoding: original[1..<separators[0]].map { UInt8($0) }, as: UTF8.self)
-            let b = String(decoding: original[(separators[0] + 1)..<separators[1]].map { UInt8($0) }, as: UTF8.self)
-            XCTAssertTrue(joined.contains(a) && joined.contains(b))
-            XCTAssertLessThanOrEqual(a.utf8.count, 45 / 2, "A fills at most half the window")
+            let first = String(decoding: original[1..<separators[0]].map { UInt8($0) }, as: UTF8.self)
+            let second = String(decoding: original[(separators[0] + 1)..<separators[1]].map { UInt8($0) }, as: UTF8.self)
+            XCTAssertTrue(joined.contains(first) && joined.contains(second))
+            XCTAssertLessThanOrEqual(first.utf8.count, 45 / 2, "A fills at most half the window")
+            // B's first line is the line after the one A ends in (A may be cut inside its only line).
+            let aEnd = joined.range(of: "\n" + first).map { $0.upperBound } ?? joined.range(of: first)!.upperBound
+            let nextLine = first.hasSuffix("\n") ? aEnd : joined[aEnd...].firstIndex(of: "\n").map { joined.index(after: $0) } ?? joined.endIndex
             if batch.nextSentenceLabels[b] == 0 {
-                XCTAssertTrue(joined.contains(a + b), "label 0: B follows A in the text")
+                XCTAssertTrue(joined[nextLine...].hasPrefix(second), "label 0: B follows A in the text")
                 consecutive += 1
             } else {
-                XCTAssertFalse(joined.contains(a + b), "label 1: B comes from elsewhere")
+                XCTAssertFalse(joined[nextLine...].hasPrefix(second), "label 1: B comes from elsewhere")
             }
         }
         XCTAssertEqual(Double(consecutive), 32, accuracy: 12, "about half the pairs are consecutive")
