@@ -1,23 +1,24 @@
 """Draws a training run's loss curve as SVG, with no dependencies.
 
-    python3 scripts/plot-loss.py METRICS.jsonl SUMMARY.json OUT.svg [TITLE]
+    python3 scripts/plot-loss.py METRICS.jsonl SUMMARY.json OUT.svg [TITLE] [TERM] [REFERENCE]
 
 Training loss per step comes from the metrics file (one JSON object per step);
-validation loss from the summary's "validation" list.
+validation loss from the summary's "validation" list. TERM picks another loss term of both
+(BERT's mlm_loss, default loss); REFERENCE is where the dashed line is drawn (default 2.2).
 """
 import json
 import sys
 
 
-def main(metrics_path, summary_path, out_path, title="training loss"):
+def main(metrics_path, summary_path, out_path, title="training loss", term="loss", reference="2.2"):
     steps, losses = [], []
     with open(metrics_path) as f:
         for line in f:
             record = json.loads(line)
             steps.append(record["step"])
-            losses.append(record["loss"])
+            losses.append(record[term])
     with open(summary_path) as f:
-        validation = json.load(f).get("validation", [])
+        validation = [dict(v, loss=v[term]) for v in json.load(f).get("validation", [])]
     width, height, left, right, top, bottom = 720, 420, 60, 20, 40, 50
     x_max = max(steps)
     y_min = min(min(losses), min((v["loss"] for v in validation), default=9)) - 0.1
@@ -52,10 +53,10 @@ def main(metrics_path, summary_path, out_path, title="training loss"):
         parts.append(f'<polyline points="{points}" fill="none" stroke="#d9534f" stroke-width="2"/>')
         for v in validation:
             parts.append(f'<circle cx="{x(v["step"]):.1f}" cy="{y(v["loss"]):.1f}" r="3" fill="#d9534f"/>')
-    target = 2.2
+    target = float(reference)
     if y_min < target < y_max:
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(target):.1f}" y2="{y(target):.1f}" stroke="#999" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{width - right - 4}" y="{y(target) - 4:.1f}" text-anchor="end" fill="#666">2.2</text>')
+        parts.append(f'<text x="{width - right - 4}" y="{y(target) - 4:.1f}" text-anchor="end" fill="#666">{reference}</text>')
     parts.append(f'<text x="{width - right - 4}" y="{top + 14}" text-anchor="end" fill="#4a7ebb">training loss (per step)</text>')
     parts.append(f'<text x="{width - right - 4}" y="{top + 30}" text-anchor="end" fill="#d9534f">validation loss (held-out 5%)</text>')
     parts.append("</svg>")

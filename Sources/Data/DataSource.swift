@@ -42,7 +42,7 @@ public enum DataSources {
     public static func defaultFile(for kind: DataKind) -> URL {
         let candidates: [String]
         switch kind {
-        case .causalText:
+        case .causalText, .sentencePairs:
             candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
         }
         return URL(fileURLWithPath: candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0])
@@ -53,6 +53,8 @@ public enum DataSources {
         switch model.dataKind {
         case .causalText:
             return try TextCorpus(contentsOf: url, sequenceLength: sampleLength)
+        case .sentencePairs:
+            return try SentencePairCorpus(contentsOf: url, sequenceLength: sampleLength)
         }
     }
 }

@@ -63,12 +63,17 @@ public final class TextCorpus: DataSource {
         self.sequenceLength = sequenceLength
         trainingRange = 0..<trainingCount
         validationRange = trainingCount..<bytes.count
+        fingerprint = TextCorpus.fingerprint(of: bytes)
+    }
+
+    /// Byte count and FNV-1a 64 hash of `bytes`, e.g. `5436475-9f3c...` (every text data source's fingerprint).
+    static func fingerprint(of bytes: [UInt8]) -> String {
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325
         for byte in bytes {
             hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
         }
         let hex = String(hash, radix: 16)
-        fingerprint = "\(bytes.count)-" + String(repeating: "0", count: 16 - hex.count) + hex
+        return "\(bytes.count)-" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     /// Start offsets (into `bytes`) of the windows of step `step`'s training batch.

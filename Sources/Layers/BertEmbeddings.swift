@@ -22,11 +22,13 @@ public final class BertEmbeddings {
     private var saved = MicroBatchStore<DropoutContext?>("BertEmbeddings forward state")
 
     /// `maxPositions` is `max_position_embeddings`, `typeVocabularySize` `type_vocab_size`,
-    /// `paddingIndex` `pad_token_id` (its word row is looked up but never trained, as in HF).
+    /// `paddingIndex` `pad_token_id` (its word row is looked up but never trained, as in HF);
+    /// `wordWeight`, when given, is the [vocabularySize, hiddenSize] matrix the word table shares
+    /// with the masked-LM decoder (tied weights).
     public init(vocabularySize: Int, hiddenSize: Int, maxPositions: Int, typeVocabularySize: Int = 2,
-                paddingIndex: Int32? = 0, eps: Float = 1e-12, dropout: Dropout = .disabled) {
+                paddingIndex: Int32? = 0, eps: Float = 1e-12, dropout: Dropout = .disabled, wordWeight: Parameter? = nil) {
         self.hiddenSize = hiddenSize
-        wordEmbeddings = Embedding(vocabularySize: vocabularySize, size: hiddenSize, paddingIndex: paddingIndex)
+        wordEmbeddings = Embedding(vocabularySize: vocabularySize, size: hiddenSize, paddingIndex: paddingIndex, weight: wordWeight)
         positionEmbeddings = Embedding(vocabularySize: maxPositions, size: hiddenSize)
         tokenTypeEmbeddings = Embedding(vocabularySize: typeVocabularySize, size: hiddenSize)
         layerNorm = LayerNorm(size: hiddenSize, eps: eps)

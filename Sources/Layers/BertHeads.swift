@@ -37,13 +37,15 @@ public final class BertMaskedLMHead {
 
     private var saved = MicroBatchStore<Saved>("BertMaskedLMHead forward state")
 
-    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-12) {
+    /// `decoderWeight`, when given, is the [vocabularySize, hiddenSize] matrix the decoder shares
+    /// with the word embeddings (tied weights).
+    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-12, decoderWeight: Parameter? = nil) {
         self.hiddenSize = hiddenSize
         self.vocabularySize = vocabularySize
         transformDense = Linear(inputSize: hiddenSize, outputSize: hiddenSize, bias: true)
         gelu = GELU()
         transformNorm = LayerNorm(size: hiddenSize, eps: eps)
-        decoder = Linear(inputSize: hiddenSize, outputSize: vocabularySize, bias: true)
+        decoder = Linear(inputSize: hiddenSize, outputSize: vocabularySize, bias: true, weight: decoderWeight)
         parameters = prefixedParameters([("transform.dense", transformDense), ("transform.LayerNorm", transformNorm)])
             + [decoder.weight.prefixed("decoder"), decoder.bias!]
     }
@@ -153,21 +155,45 @@ public final class BertNextSentenceHead {
     /// Σ lossWeight · CE over the sequences of x [batch, length, hiddenSize] against `labels` [batch]
     /// (0 or 1); saves dlogits under `microBatch`.
     public func forward(_ input: Tensor, labels: [Int32], lossWeight: Float, microBatch: Int) throws -> Double {
+        try forwardScored(input, labels: labels, lossWeight: lossWeight, microBatch: microBatch).loss
+    }
+
+    /// `forward`, also returning Σ lossWeight · [argmax logits = label] (ties predict 0, as
+    /// `torch.argmax`): with the step's weights, the next-sentence accuracy.
+    public func forwardScored(_ input: Tensor, labels: [Int32], lossWeight: Float, microBatch: Int) throws
+        -> (loss: Double, accuracy: Double) {
         let firstRows = try firstRows(input, labels: labels)
         let pooled = try poolerDense.forward(gatherRows(input, firstRows), microBatch: microBatch)
         tanhInPlace(pooled)
         let logits = try seqRelationship.forward(pooled, microBatch: microBatch)
+        let accuracy = weightedCorrect(logits, labels: labels, lossWeight: lossWeight)
         let loss = crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: 2, lossWeight: lossWeight, writeGradient: true)
         try saved.put(Saved(pooled: pooled, logitsGradient: logits, inputShape: input.shape), for: microBatch)
-        return loss
+        return (loss, accuracy)
     }
 
     /// The forward loss alone, saving nothing (for evaluation).
     public func loss(_ input: Tensor, labels: [Int32], lossWeight: Float) throws -> Double {
+        try scored(input, labels: labels, lossWeight: lossWeight).loss
+    }
+
+    /// `loss` and Σ lossWeight · [argmax logits = label], saving nothing (for evaluation).
+    public func scored(_ input: Tensor, labels: [Int32], lossWeight: Float) throws -> (loss: Double, accuracy: Double) {
         let pooled = poolerDense.apply(gatherRows(input, try firstRows(input, labels: labels)))
         tanhInPlace(pooled)
         let logits = seqRelationship.apply(pooled)
-        return crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: 2, lossWeight: lossWeight, writeGradient: false)
+        let accuracy = weightedCorrect(logits, labels: labels, lossWeight: lossWeight)
+        return (crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: 2, lossWeight: lossWeight, writeGradient: false),
+                accuracy)
+    }
+
+    /// Σ lossWeight over the sequences whose logits [batch, 2] pick their label (1 only when its logit is larger).
+    private func weightedCorrect(_ logits: Tensor, labels: [Int32], lossWeight: Float) -> Double {
+        var correct = 0.0
+        for (row, label) in labels.enumerated() where (logits[2 * row + 1] > logits[2 * row] ? 1 : 0) == label {
+            correct += Double(lossWeight)
+        }
+        return correct
     }
 
     /// p1: dx [batch, length, hiddenSize] of the loss, zero but on each sequence's first token.
@@ -237,8 +263,9 @@ public final class BertPreTrainingHeads {
     public let nextSentence: BertNextSentenceHead
     public let parameters: [Parameter]
 
-    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-12) {
-        predictions = BertMaskedLMHead(hiddenSize: hiddenSize, vocabularySize: vocabularySize, eps: eps)
+    /// `decoderWeight`, when given, is the word-embedding matrix the masked-LM decoder is tied to.
+    public init(hiddenSize: Int, vocabularySize: Int, eps: Float = 1e-12, decoderWeight: Parameter? = nil) {
+        predictions = BertMaskedLMHead(hiddenSize: hiddenSize, vocabularySize: vocabularySize, eps: eps, decoderWeight: decoderWeight)
         nextSentence = BertNextSentenceHead(hiddenSize: hiddenSize)
         parameters = predictions.parameters.map { $0.prefixed("predictions") } + nextSentence.parameters
     }

@@ -8,6 +8,7 @@ public enum ModelRegistry {
     public static let families: [any ModelConfig.Type] = [
         LlamaConfig.self,
         MambaConfig.self,
+        BertConfig.self,
     ]
 
     /// Every named configuration, in help-text order.

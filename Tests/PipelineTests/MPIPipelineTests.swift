@@ -28,6 +28,19 @@ final class MPIPipelineTests: XCTestCase {
         }
     }
 
+    /// BERT's tied decoder across processes: the word embeddings on rank 0, the decoder on the last rank.
+    func testBertVerifyPassesUnderMPIOnTwoAndFourRanks() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("twobp-mpi-bert-\(UUID().uuidString).json")
+        try BertPipelineEquivalenceTests.model.jsonData().write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        for (ranks, schedule) in [(2, "1f1b-2"), (4, "1f1b-1")] {
+            let job = try MPIJob.run(ranks: ranks, executable: "twobp", ["verify", "--transport", "mpi", "--model", url.path, "--seq-len", "12",
+                                                                         "--stages", String(ranks), "--schedule", schedule, "--2bp"])
+            job.assertSucceeded()
+            job.assertOutput(contains: "OK: \(schedule) + 2BP on \(ranks) stages")
+        }
+    }
+
     func testMPITrainingFollowsTheThreadTrainingLossSequence() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("twobp-mpi-train-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
