@@ -44,6 +44,8 @@ public enum DataSources {
         switch kind {
         case .causalText:
             candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
+        case .images:
+            candidates = ["data/digits.bin", "../shared/data/digits.bin"]
         }
         return URL(fileURLWithPath: candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0])
     }
@@ -53,6 +55,8 @@ public enum DataSources {
         switch model.dataKind {
         case .causalText:
             return try TextCorpus(contentsOf: url, sequenceLength: sampleLength)
+        case .images:
+            return try ImageDataSources.open(url, for: model, side: sampleLength)
         }
     }
 }

@@ -47,6 +47,8 @@ public struct TiedParameter: Sendable, Equatable {
 public enum DataKind: String, Sendable {
     /// Bytes of a text file as tokens, next-byte targets (`TokenBatch`).
     case causalText
+    /// Square images with class labels (`ImageBatch`).
+    case images
 }
 
 /// A model family's configuration, decoded from a Hugging Face / torchvision style `config.json`

@@ -7,6 +7,7 @@ import Tensor
 public enum ModelRegistry {
     public static let families: [any ModelConfig.Type] = [
         LlamaConfig.self,
+        ResNetConfig.self,
     ]
 
     /// Every named configuration, in help-text order.
