@@ -11,7 +11,12 @@ import XCTest
 final class ImageDataTests: XCTestCase {
     /// `count` digit records: image i has label i % 10 and pixel p = (i + p) % 17.
     func digitsBytes(_ count: Int) -> [UInt8] {
-        (0..<count).flatMap { i in [UInt8(i % 10)] + (0..<64).map { UInt8((i + $0) % 17) } }
+        var bytes: [UInt8] = []
+        for i in 0..<count {
+            bytes.append(UInt8(i % 10))
+            for p in 0..<64 { bytes.append(UInt8((i + p) % 17)) }
+        }
+        return bytes
     }
 
     func testDigitsSplitScaleEnlargeAndDrawDeterministically() throws {
