@@ -2,11 +2,11 @@
 held-out batches, the loss and accuracy `twobp eval` reports, in eval mode (running statistics)
 and in training mode (each batch's own statistics, `twobp eval --training-mode`).
 
-    python scripts/check-resnet-torchvision.py STEP_FOLDER DIGITS BATCH_SIZE MAX_BATCHES [EVAL_JSON TRAIN_JSON]
+    python scripts/check-resnet-torchvision.py [--side N] STEP_FOLDER DIGITS BATCH_SIZE MAX_BATCHES [EVAL_JSON TRAIN_JSON]
 
 STEP_FOLDER holds config.json and model.safetensors (a checkpoint's step-N); DIGITS is
 data/digits.bin (scripts/setup-data.sh). With the two `twobp eval --json` files of the same
-checkpoint, data, --batch-size and --max-windows (plain and with --training-mode), it prints the
+checkpoint, data, --batch-size, --max-windows and --seq-len (= --side, default the config's image_size; plain and with --training-mode), it prints the
 relative differences and exits 1 unless every one is below 1e-5.
 
 Needs torch, numpy, safetensors and torchvision's wheel (scripts/setup-reference-venv.sh). That
@@ -92,13 +92,17 @@ def terms(model, batches):
     return {"loss": loss / count, "accuracy": correct / count, "batches": count}
 
 
+side_override = None
+if sys.argv[1] == "--side":
+    side_override = int(sys.argv[2])
+    del sys.argv[1:3]
 folder, digits, batch_size, max_batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 config = json.load(open(f"{folder}/config.json"))
 resnet = torchvision_resnet_module()
 model = build(resnet, config)
 state = load_file(f"{folder}/model.safetensors")
 model.load_state_dict(state, strict=True)
-side, channels = config["image_size"], config["num_channels"]
+side, channels = side_override or config["image_size"], config["num_channels"]
 results = {"eval": terms(model.eval(), held_out_batches(digits, side, channels, batch_size, max_batches)),
            "train": terms(model.train(), held_out_batches(digits, side, channels, batch_size, max_batches)),
            "torch": torch.__version__, "torchvision_module": resnet.__file__}
