@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-sensitive='^(LayersTests\.|ModelsTests\.|PipelineTests\.(PipelineEquivalenceTests|MambaPipelineEquivalenceTests)/|TrainingTests\.(EvalTests|TrainerResumeTests|ThreadCountTests)/)'
+sensitive='^(LayersTests\.|ModelsTests\.|PipelineTests\.(PipelineEquivalenceTests|MambaPipelineEquivalenceTests|BertPipelineEquivalenceTests|ResNetPipelineTests)/|TrainingTests\.(EvalTests|TrainerResumeTests|ThreadCountTests)/)'
 kernel_name() {
     python3 -c 'import ctypes; b = ctypes.CDLL("libscipy_openblas.so"); b.scipy_openblas_get_corename.restype = ctypes.c_char_p; print(b.scipy_openblas_get_corename().decode())'
 }

@@ -44,6 +44,8 @@ public enum DataSources {
         switch kind {
         case .causalText, .sentencePairs:
             candidates = ["data/shakespeare.txt", "../shared/data/shakespeare.txt"]
+        case .images:
+            candidates = ["data/digits.bin", "../shared/data/digits.bin"]
         }
         return URL(fileURLWithPath: candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0])
     }
@@ -55,6 +57,8 @@ public enum DataSources {
             return try TextCorpus(contentsOf: url, sequenceLength: sampleLength)
         case .sentencePairs:
             return try SentencePairCorpus(contentsOf: url, sequenceLength: sampleLength)
+        case .images:
+            return try ImageDataSources.open(url, for: model, side: sampleLength)
         }
     }
 }

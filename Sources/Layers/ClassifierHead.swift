@@ -4,8 +4,8 @@ import Tensor
 /// softmax cross-entropy against class labels.
 ///
 /// Not a `Layer`: forward takes images x [batch, height, width, features] and labels (one per
-/// image) and ends in a number, `loss = Σ_images lossWeight · CE` (accumulated in Double), and p1
-/// starts from it. As in `LanguageModelHead`, forward writes dlogits = lossWeight · (softmax − onehot)
+/// image) and ends in numbers, `loss = Σ_images lossWeight · CE` (accumulated in Double) and how many
+/// images the logits classify as labelled (the accuracy a training step reports), and p1 starts from the loss. As in `LanguageModelHead`, forward writes dlogits = lossWeight · (softmax − onehot)
 /// over the logits and keeps that [batch, classes]; p1 is fc's p1 and the pool's p1, p2 fc's p2.
 /// `fc.weight` [classes, features] and `fc.bias` [classes] start as `nn.Linear`'s default (torchvision
 /// leaves it): U(−1/√features, 1/√features) for both.
@@ -30,13 +30,15 @@ public final class ClassifierHead {
     }
 
     /// Σ lossWeight · CE over the images of x [batch, height, width, features] against `labels` (one
-    /// per image); saves dlogits under `microBatch`.
-    public func forward(_ input: Tensor, labels: [Int32], lossWeight: Float, microBatch: Int) throws -> Double {
+    /// per image), and the images classified correctly (counted before dlogits overwrite the logits);
+    /// saves dlogits under `microBatch`.
+    public func forward(_ input: Tensor, labels: [Int32], lossWeight: Float, microBatch: Int) throws -> (loss: Double, correct: Int) {
         try validate(input, labels: labels)
         let logits = try fc.forward(avgpool.forward(input, microBatch: microBatch), microBatch: microBatch)
+        let correct = correctCount(logits, labels: labels)
         let loss = crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: classes, lossWeight: lossWeight, writeGradient: true)
         try saved.put(logits, for: microBatch)
-        return loss
+        return (loss, correct)
     }
 
     /// p1: dx [batch, height, width, features] of the loss.
@@ -61,6 +63,12 @@ public final class ClassifierHead {
     public func evaluate(_ input: Tensor, labels: [Int32], lossWeight: Float) throws -> (loss: Double, correct: Int) {
         try validate(input, labels: labels)
         let logits = try logits(input)
+        let loss = crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: classes, lossWeight: lossWeight, writeGradient: false)
+        return (loss, correctCount(logits, labels: labels))
+    }
+
+    /// Images whose logits' arg-max (first maximum) is their label; logits [batch, classes].
+    private func correctCount(_ logits: Tensor, labels: [Int32]) -> Int {
         var correct = 0
         for (image, label) in labels.enumerated() {
             let row = logits.pointer + image * classes
@@ -68,8 +76,7 @@ public final class ClassifierHead {
             for j in 1..<classes where row[j] > row[best] { best = j }
             if best == Int(label) { correct += 1 }
         }
-        let loss = crossEntropy(logits: logits.pointer, targets: labels, vocabularySize: classes, lossWeight: lossWeight, writeGradient: false)
-        return (loss, correct)
+        return correct
     }
 
     /// Throws unless x is [batch, height, width, features] with one label per image, each a class id.

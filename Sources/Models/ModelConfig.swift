@@ -49,6 +49,8 @@ public enum DataKind: String, Sendable {
     case causalText
     /// Sentence pairs of a text file for BERT pre-training: masked bytes and next-sentence labels (`PreTrainingBatch`).
     case sentencePairs
+    /// Square images with class labels (`ImageBatch`).
+    case images
 }
 
 /// A model family's configuration, decoded from a Hugging Face / torchvision style `config.json`

@@ -9,6 +9,7 @@ public enum ModelRegistry {
         LlamaConfig.self,
         MambaConfig.self,
         BertConfig.self,
+        ResNetConfig.self,
     ]
 
     /// Every named configuration, in help-text order.

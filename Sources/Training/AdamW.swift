@@ -20,7 +20,9 @@ import Tensor
 /// λ is `weightDecay` for the parameters whose layer says they decay (`Parameter.decays`:
 /// linear weights, embeddings) and 0 for the rest (norm gains, biases). Gradients are read,
 /// never zeroed: zeroing is the caller's separate call, once per step.
-public final class AdamW {
+public final class AdamW: Optimizer {
+    public static let name = "adamw"
+
     public struct Configuration: Codable, Equatable, Sendable {
         public var beta1: Float
         public var beta2: Float
@@ -83,41 +85,9 @@ public final class AdamW {
         secondMoments = Tensor(zeros: [total])
     }
 
-    /// Σ g² over `parameters`' gradients, in Double and a fixed order. Each
-    /// pipeline stage computes its own; the global norm is √(sum over stages).
-    public static func squaredGradientSum(_ parameters: [Parameter]) -> Double {
-        var total = 0.0
-        for parameter in parameters {
-            let g = parameter.gradient.pointer
-            var sum: Double = 0
-            for i in 0..<parameter.gradient.count {
-                let x = Double(g[i])
-                sum = sum.addingProduct(x, x)
-            }
-            total += sum
-        }
-        return total
-    }
-
-    /// The factor gradients are multiplied by for global-norm clipping
-    /// (PyTorch's `clip_grad_norm_`: `min(1, maxNorm / (norm + 1e-6))`).
-    public static func clippingScale(globalNorm: Double, maxNorm: Double) -> Float {
-        Float(Swift.min(1, maxNorm / (globalNorm + 1e-6)))
-    }
-
-    /// Takes one step with rate `learningRate`. Pass the global gradient norm
-    /// (over all stages) to clip to `configuration.maxGradientNorm`; a non-finite
-    /// norm is an error and leaves parameters and state untouched.
-    /// Returns the scale applied to the gradients (1 when not clipped).
     @discardableResult
-    public func update(learningRate: Float, globalGradientNorm: Double? = nil) throws -> Float {
-        var scale: Float = 1
-        if let norm = globalGradientNorm {
-            guard norm.isFinite else {
-                throw TwoBPError("gradient norm is \(norm) at step \(step + 1): training diverged")
-            }
-            if let maxNorm = configuration.maxGradientNorm { scale = AdamW.clippingScale(globalNorm: norm, maxNorm: maxNorm) }
-        }
+    public func update(learningRate: Float, globalGradientNorm: Double?) throws -> Float {
+        let scale = try GradientNorm.scale(globalNorm: globalGradientNorm, maxNorm: configuration.maxGradientNorm, step: step + 1)
         step += 1
         let beta1 = configuration.beta1, beta2 = configuration.beta2
         let oneMinusBeta1 = 1 - beta1, oneMinusBeta2 = 1 - beta2
@@ -148,7 +118,7 @@ public final class AdamW {
 
     /// The moments as named views into the flat buffers (no copies): `m.<name>` then `v.<name>`
     /// for every parameter in order, or only for `subset` (tied copies another rank saves left out).
-    public func stateTensors(of subset: [Parameter]? = nil) -> [NamedTensor] {
+    public func stateTensors(of subset: [Parameter]?) -> [NamedTensor] {
         let included = subset.map { Set($0.map(\.name)) }
         var result: [NamedTensor] = []
         for (moments, prefix) in [(firstMoments, AdamW.firstMomentPrefix), (secondMoments, AdamW.secondMomentPrefix)] {
@@ -162,16 +132,14 @@ public final class AdamW {
 
     /// Safetensors metadata recording the step count, saved with `stateTensors()`.
     public var stateMetadata: [String: String] {
-        SafeTensors.defaultMetadata.merging(["optimizer": "adamw", "step": String(step)]) { $1 }
+        OptimizerState.metadata(optimizer: AdamW.name, step: step)
     }
 
     /// Restores moments and step count saved from `stateTensors()` and
     /// `stateMetadata`. Every parameter's moments must be present with its shape;
     /// the archive may hold other stages' moments too.
     public func loadState(from archive: SafeTensorsArchive) throws {
-        guard let text = archive.metadata["step"], let savedStep = Int(text), savedStep >= 0 else {
-            throw TwoBPError("\(archive.source): optimizer state has no valid \"step\" in its metadata")
-        }
+        let savedStep = try OptimizerState.savedStep(in: archive, optimizer: AdamW.name)
         // Check everything before copying anything, so a bad file leaves the state as it was.
         for parameter in parameters {
             for prefix in [AdamW.firstMomentPrefix, AdamW.secondMomentPrefix] {

@@ -139,15 +139,29 @@ public struct HeldOutEvaluation: Encodable {
 
 extension Evaluation {
     /// The mean of every loss term of `model` (a whole model) over `source`'s held-out batches of
-    /// `batchSize` samples, at most `maxBatches` of them, through the evaluation path.
+    /// `batchSize` samples, at most `maxBatches` of them, through the evaluation path; or, with
+    /// `trainingMode`, through the training forward, as a step of one micro-batch computes them
+    /// (batch norms on each batch's own statistics, dropout as in training), with the backward run
+    /// after it only to release what the forward saved. That is what a reference library's
+    /// `model.train()` loss is checked against.
     public static func evaluateHeldOut(model: ModelChunk, terms names: [String], source: any DataSource, batchSize: Int,
-                                       maxBatches: Int?) throws -> HeldOutEvaluation {
+                                       maxBatches: Int?, trainingMode: Bool = false) throws -> HeldOutEvaluation {
         let batches = try source.validationBatches(batchSize: batchSize, limit: maxBatches)
         var totals = [Double](repeating: 0, count: names.count)
         for batch in batches {
-            totals = zip(totals, try model.evaluateLoss(batch)).map(+)
+            totals = zip(totals, try trainingMode ? trainingLoss(model, batch) : model.evaluateLoss(batch)).map(+)
         }
         return HeldOutEvaluation(terms: zip(names, totals).map { ($0, $1 / Double(batches.count)) }, batches: batches.count,
                                  samples: batches.reduce(0) { $0 + $1.sampleCount })
+    }
+
+    /// The loss terms of the training forward of a whole model on `batch` as one micro-batch.
+    private static func trainingLoss(_ model: ModelChunk, _ batch: any MicroBatch) throws -> [Double] {
+        guard model.isFirst, model.isLast, case .loss(let terms) = try model.forward(nil, batch: batch, microBatch: 0) else {
+            throw TwoBPError("evaluating a loss needs a chunk that holds the whole model")
+        }
+        _ = try model.backwardInput(nil, microBatch: 0)
+        try model.backwardWeight(.microBatch(0))
+        return terms
     }
 }

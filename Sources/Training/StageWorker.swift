@@ -15,7 +15,7 @@ public final class StageWorker {
     public let model: any ModelConfig
     public let plan: PipelinePlan
     public let chunks: [ModelChunk]
-    public let optimizer: AdamW
+    public let optimizer: Optimizer
     public let runner: StageRunner
     public let meter: MemoryMeter
     let ties: TiedGradients
@@ -31,7 +31,7 @@ public final class StageWorker {
     public var ownedParameters: [Parameter] { ties.owned(parameters) }
 
     public init(plan: PipelinePlan, model: any ModelConfig, seed: UInt64, transport: Transport,
-                optimizer configuration: AdamW.Configuration = .init()) throws {
+                optimizer configuration: OptimizerConfiguration = .adamw(.init())) throws {
         let rank = transport.rank
         let meter = MemoryMeter(name: "rank \(rank)")
         let shared = SharedParameters()
@@ -40,7 +40,7 @@ public final class StageWorker {
             // Chunks of this rank holding one tied unit list the same parameter; the optimizer takes it once.
             var seen = Set<String>()
             let parameters = chunks.flatMap(\.parameters).filter { seen.insert($0.name).inserted }
-            return (chunks, try AdamW(parameters: parameters, configuration: configuration))
+            return (chunks, try configuration.make(parameters: parameters))
         }
         self.model = model
         self.plan = plan
@@ -60,6 +60,6 @@ public final class StageWorker {
 
     /// Σ g² over the parameters this rank answers for: its share of the global gradient norm.
     public func squaredGradientNorm() -> Double {
-        AdamW.squaredGradientSum(ownedParameters)
+        GradientNorm.squaredSum(ownedParameters)
     }
 }

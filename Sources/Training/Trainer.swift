@@ -41,7 +41,7 @@ public struct TrainingOutcome {
 /// A step: forward and backward of all micro-batches as the schedule orders
 /// them, the tied parameters' gradients summed between their ranks, one
 /// all-reduce of the loss terms and the squared gradient norm (plus each rank's
-/// timing), then AdamW on each rank's own parameters.
+/// timing), then the optimizer (AdamW or SGD) on each rank's own parameters.
 public final class Trainer {
     public let settings: TrainingSettings
     public let worker: StageWorker

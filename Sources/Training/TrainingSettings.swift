@@ -36,13 +36,13 @@ public struct TrainingSettings {
     /// Chrome trace of the last step's measured timeline.
     public var timeline: URL?
     public var pipeline: ScheduleRequest
-    public var optimizer: AdamW.Configuration
+    public var optimizer: OptimizerConfiguration
     /// Print progress (rank 0 only).
     public var showProgress: Bool
 
     public init(model: any ModelConfig, data: URL, steps: Int, batchSize: Int, sampleLength: Int,
                 learningRate: Double, warmupSteps: Int, seed: UInt64, evaluateEvery: Int?, validationBatches: Int,
-                pipeline: ScheduleRequest, optimizer: AdamW.Configuration = .init(), showProgress: Bool = true) {
+                pipeline: ScheduleRequest, optimizer: OptimizerConfiguration = .adamw(.init()), showProgress: Bool = true) {
         self.model = model
         self.data = data
         self.steps = steps

@@ -40,6 +40,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "Also write the result as JSON to this file.")
     var json: String?
 
+    @Flag(name: .customLong("training-mode"), help: "Held-out data only: run each batch through the training forward (batch norms on the batch's own statistics, as a step of one micro-batch), the loss a reference library's model.train() gives.")
+    var trainingMode = false
+
     func validate() throws {
         if let sequenceLength, sequenceLength < 1 { throw ValidationError("--seq-len must be at least 1, got \(sequenceLength)") }
         if let maxWindows, maxWindows < 1 { throw ValidationError("--max-windows must be at least 1, got \(maxWindows)") }
@@ -55,7 +58,7 @@ struct EvalCommand: ParsableCommand {
         }
         let url = data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: loaded.config.dataKind)
         let length = sequenceLength ?? loaded.config.defaultSampleLength
-        guard let model = loaded.model as? CausalLanguageModel else {
+        guard let model = loaded.model as? CausalLanguageModel, !trainingMode else {
             return try evaluateHeldOut(loaded, data: url, sampleLength: length)
         }
         guard length <= model.contextLength else {
@@ -85,8 +88,8 @@ struct EvalCommand: ParsableCommand {
         try loaded.config.checkSampleLength(sampleLength)
         let source = try DataSources.open(url, for: loaded.config, sampleLength: sampleLength)
         let result = try Evaluation.evaluateHeldOut(model: loaded.model, terms: loaded.config.lossTerms, source: source,
-                                                    batchSize: batchSize, maxBatches: maxWindows)
-        print("checkpoint \(loaded.folder.path), data \(source.source)")
+                                                    batchSize: batchSize, maxBatches: maxWindows, trainingMode: trainingMode)
+        print("checkpoint \(loaded.folder.path), data \(source.source)\(trainingMode ? ", training forward" : "")")
         print(result.terms.map { "\($0.name) \(String(format: "%.6f", $0.value))" }.joined(separator: ", ")
             + " over \(result.batches) held-out batches of \(batchSize)")
         if let json {

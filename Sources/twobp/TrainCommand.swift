@@ -31,8 +31,17 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Sequences per optimizer step (split into micro-batches).")
     var batchSize = 16
 
-    @Option(help: "Peak learning rate (AdamW, linear warm-up then cosine decay to a tenth).")
-    var lr = 2e-3
+    @Option(help: "Optimizer: adamw (β 0.9, 0.95, weight decay 0.1, gradient norm clipped to 1) or sgd (PyTorch's, momentum and weight decay as below, no clipping).")
+    var optimizer = OptimizerName.adamw
+
+    @Option(help: "Peak learning rate, linear warm-up then cosine decay to a tenth (default: 2e-3 for adamw, 0.1 for sgd).")
+    var lr: Double?
+
+    @Option(help: "SGD's momentum (default 0.9).")
+    var momentum: Float?
+
+    @Option(name: .customLong("weight-decay"), help: "Weight decay of the weights that decay (not norms' gains or biases; default: 0.1 for adamw, decoupled; 1e-4 for sgd, L2).")
+    var weightDecay: Float?
 
     @Option(parsing: .unconditional, help: "Warm-up steps (default: a tenth of --steps, at most 100).")
     var warmup: Int?
@@ -76,7 +85,14 @@ struct TrainCommand: ParsableCommand {
     func validate() throws {
         guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps)") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
-        guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        if let lr, !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        if let momentum {
+            guard optimizer == .sgd else { throw ValidationError("--momentum is SGD's; add --optimizer sgd") }
+            guard momentum >= 0, momentum < 1 else { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
+        }
+        if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
+            throw ValidationError("--weight-decay must be a non-negative number, got \(weightDecay)")
+        }
         if let warmup, warmup < 0 { throw ValidationError("--warmup must not be negative, got \(warmup)") }
         guard evalEvery >= 1 else { throw ValidationError("--eval-every must be at least 1, got \(evalEvery)") }
         guard evalBatches >= 1 else { throw ValidationError("--eval-batches must be at least 1, got \(evalBatches)") }
@@ -90,9 +106,10 @@ struct TrainCommand: ParsableCommand {
         let (config, sampleLength) = try modelOptions.resolve()
         var settings = TrainingSettings(
             model: config, data: data.map { URL(fileURLWithPath: $0) } ?? DataSources.defaultFile(for: config.dataKind), steps: steps,
-            batchSize: batchSize, sampleLength: sampleLength, learningRate: lr,
+            batchSize: batchSize, sampleLength: sampleLength, learningRate: lr ?? optimizer.defaultLearningRate,
             warmupSteps: warmup ?? min(100, steps / 10), seed: modelOptions.seed, evaluateEvery: evalEvery,
-            validationBatches: evalBatches, pipeline: try pipeline.request())
+            validationBatches: evalBatches, pipeline: try pipeline.request(), optimizer: optimizer.configuration(
+                momentum: momentum, weightDecay: weightDecay))
         settings.modelName = modelOptions.model
         settings.metrics = metrics.map { URL(fileURLWithPath: $0) }
         settings.summary = summary.map { URL(fileURLWithPath: $0) }
@@ -123,3 +140,25 @@ struct TrainCommand: ParsableCommand {
 }
 
 extension CheckpointLayout: ExpressibleByArgument {}
+
+/// `--optimizer`'s values.
+enum OptimizerName: String, ExpressibleByArgument, CaseIterable {
+    case adamw, sgd
+
+    var defaultLearningRate: Double { self == .adamw ? 2e-3 : 0.1 }
+
+    /// The configuration with the defaults of the optimizer and the options given.
+    func configuration(momentum: Float?, weightDecay: Float?) -> OptimizerConfiguration {
+        switch self {
+        case .adamw:
+            var configuration = AdamW.Configuration()
+            if let weightDecay { configuration.weightDecay = weightDecay }
+            return .adamw(configuration)
+        case .sgd:
+            var configuration = SGD.Configuration()
+            if let momentum { configuration.momentum = momentum }
+            if let weightDecay { configuration.weightDecay = weightDecay }
+            return .sgd(configuration)
+        }
+    }
+}

@@ -268,7 +268,7 @@ final class ResNetLayersTests: XCTestCase {
             let referenceLoss = { (variables: [String: [Double]]) in
                 ResNetReference.crossEntropy(logits: referenceLogits(variables), labels: labels, classes: classes, lossWeight: Double(lossWeight))
             }
-            let loss = try head.forward(input, labels: labels, lossWeight: lossWeight, microBatch: 0)
+            let (loss, trainingCorrect) = try head.forward(input, labels: labels, lossWeight: lossWeight, microBatch: 0)
             XCTAssertEqual(loss, referenceLoss(variables), accuracy: 1e-5 * abs(referenceLoss(variables)), "\(context): loss")
             let logits = try head.logits(input)
             XCTAssertEqual(logits.shape, [shape.batch, classes])
@@ -281,6 +281,7 @@ final class ResNetLayersTests: XCTestCase {
                 return row.firstIndex(of: row.max()!) == Int(label)
             }.count
             XCTAssertEqual(evaluation.correct, expectedCorrect, "\(context): correct predictions")
+            XCTAssertEqual(trainingCorrect, expectedCorrect, "\(context): correct predictions of the training forward")
 
             let inputGradient = try head.backwardInput(microBatch: 0)
             try head.backwardWeight(.microBatch(0))
@@ -316,7 +317,7 @@ final class ResNetLayersTests: XCTestCase {
         assertThrowsTwoBPError(try head.forward(Tensor(zeros: [2, 3, 3, 8]), labels: [0, 1], lossWeight: 1, microBatch: 0), "8 features into 16")
         assertThrowsTwoBPError(try head.evaluate(input, labels: [0, 7], lossWeight: 1), "evaluation checks labels too")
         // Zero weights and bias: every logit is 0, so each image's cross-entropy is log 5.
-        XCTAssertEqual(try head.forward(input, labels: [0, 4], lossWeight: 0.5, microBatch: 0), log(5), accuracy: 1e-6)
+        XCTAssertEqual(try head.forward(input, labels: [0, 4], lossWeight: 0.5, microBatch: 0).loss, log(5), accuracy: 1e-6)
     }
 
     // MARK: Bottleneck and stem

@@ -89,9 +89,9 @@ final class AdamWTests: XCTestCase {
         let parameters = makeParameters()
         setGradients(parameters, step: 0)
         let expected = parameters.flatMap { $0.gradient.toArray() }.reduce(0.0) { $0 + Double($1) * Double($1) }
-        XCTAssertEqual(AdamW.squaredGradientSum(parameters), expected)
-        XCTAssertEqual(AdamW.clippingScale(globalNorm: 0.5, maxNorm: 1), 1)
-        XCTAssertEqual(AdamW.clippingScale(globalNorm: 4, maxNorm: 1), 0.25, accuracy: 1e-6)
+        XCTAssertEqual(GradientNorm.squaredSum(parameters), expected)
+        XCTAssertEqual(GradientNorm.clippingScale(globalNorm: 0.5, maxNorm: 1), 1)
+        XCTAssertEqual(GradientNorm.clippingScale(globalNorm: 4, maxNorm: 1), 0.25, accuracy: 1e-6)
     }
 
     func testNonFiniteNormThrowsAndLeavesStateAlone() throws {

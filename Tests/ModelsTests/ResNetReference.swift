@@ -1,0 +1,1 @@
+../LayersTests/ResNetReference.swift
