@@ -32,6 +32,8 @@ public struct TrainingOutcome {
     public var peakBytes: [Int]
     /// The last step's measured timeline.
     public var lastStepTimeline: Timeline
+    /// Whether the run stopped before `steps` because a rank was sent SIGINT or SIGTERM (`StopSignal`).
+    public var stoppedEarly: Bool
 }
 
 /// The training loop of one rank. Every rank runs the same loop (SPMD): on
@@ -105,6 +107,7 @@ public final class Trainer {
         var idleRatios: [[Double]] = []
         var busyTimes: [[Double]] = []
         var lastEvents: [TimelineEvent] = []
+        var stoppedEarly = false
 
         for step in firstStep..<settings.steps {
             let batch = data.trainingBatch(step: step, batchSize: settings.batchSize, seed: settings.seed)
@@ -135,7 +138,8 @@ public final class Trainer {
             progress?.update(step: step + 1, loss: reduced.loss, throughput: throughput, unit: data.throughputUnit.abbreviation,
                              learningRate: learningRate)
 
-            let isLast = step + 1 == settings.steps
+            stoppedEarly = reduced.stopRequested && step + 1 < settings.steps
+            let isLast = step + 1 == settings.steps || stoppedEarly
             if settings.evaluateEvery.map({ isLast || (step + 1) % $0 == 0 }) ?? false {
                 if let terms = try validate() {
                     validationLoss = terms[0]
@@ -148,6 +152,7 @@ public final class Trainer {
                isLast || (settings.saveEvery.map { (step + 1) % $0 == 0 } ?? false) {
                 try saveCheckpoint(in: directory)
             }
+            if stoppedEarly { break }
         }
         progress?.finish()
         try metrics?.close()
@@ -176,7 +181,8 @@ public final class Trainer {
             bubbleRatio: perRankMean(measuredIdle),
             busySeconds: perRankMean(measuredBusy),
             peakBytes: peakBytes,
-            lastStepTimeline: Timeline(ranks: ranks, events: events, peakMemory: peakBytes))
+            lastStepTimeline: Timeline(ranks: ranks, events: events, peakMemory: peakBytes),
+            stoppedEarly: stoppedEarly)
     }
 
     /// The whole model on rank 0, built at the first validation, that validation loads every rank's weights into.

@@ -131,11 +131,17 @@ struct TrainCommand: ParsableCommand {
         }
         defer { withExtendedLifetime(claim) {} }
         Parallel.setThreads(pipeline.blasThreads(blasThreads))
+        StopSignal.install()
         let outcome = try RankLauncher.run(pipeline.transport, ranks: pipeline.stages, peerTimeout: pipeline.peerWatchdogTimeout) { transport in
             try Trainer(settings: settings, transport: transport).run()
         }
         guard let outcome else { return }
         try TrainingReport(settings: settings, outcome: outcome).write()
+        if outcome.stoppedEarly {
+            let saved = settings.checkpointDirectory.map { "; checkpoint \($0.appendingPathComponent(Checkpoint.folderName(step: outcome.losses.count)).path), continue with --resume \($0.path)" }
+            FileHandle.standardError.write(Data("stopped by a signal after step \(outcome.losses.count) of \(settings.steps)\(saved ?? " (no --checkpoint: nothing saved)")\n".utf8))
+            throw ExitCode(128 + (StopSignal.pending ?? SIGINT))
+        }
     }
 }
 
