@@ -156,12 +156,13 @@ public enum PaperBenchmark {
                          elementBytes: Int, staticBytesPerParameter: Int, schedules: [ScheduleKind]) throws -> [SimulatedRow] {
         let analytic = AnalyticCostSettings(flopsRate: flops, microBatchSize: microBatchSize, sampleLength: sampleLength,
                                             activationElementBytes: elementBytes, staticBytesPerParameter: staticBytesPerParameter)
-        let report = try PlanRanking.rank(
+        // A model with fewer units than stages cannot be planned at all: its row stays empty.
+        guard let report = try? PlanRanking.rank(
             PlanRanking.Settings(ranks: stages, microBatchSize: microBatchSize, sequenceLength: sampleLength,
-                                 kinds: schedules.map { .kind($0) })) { virtualStages, scale in
+                                 kinds: schedules.map { .kind($0) }), costs: { virtualStages, scale in
             try AnalyticCosts.costModel(config, settings: analytic, virtualStages: virtualStages, scale: scale)
-        }
-        return try schedules.compactMap { kind in
+        }) else { return [] }
+        return schedules.compactMap { kind in
             guard let (plain, split) = try? entries(report, kind: kind) else { return nil }
             return SimulatedRow(schedule: kind.rawValue, stages: stages, microBatchSize: microBatchSize,
                                 speedup: split.samplesPerSecond / plain.samplesPerSecond,

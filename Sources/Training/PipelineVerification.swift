@@ -76,11 +76,11 @@ public enum PipelineVerification {
         var worstBuffer = 0.0
         for buffer in reference.buffers where buffer.dtype == .float32 {
             let values = Tensor(zeros: buffer.shape)
-            values.buffer.update(from: buffer.floats)
+            _ = values.buffer.update(from: buffer.floats)
             let other = Buffer(name: buffer.name, shape: buffer.shape, dtype: .float32)
             try pipelined.load(into: [], buffers: [other])
             let otherValues = Tensor(zeros: buffer.shape)
-            otherValues.buffer.update(from: other.floats)
+            _ = otherValues.buffer.update(from: other.floats)
             worstBuffer = Swift.max(worstBuffer, relativeDifference(otherValues, values))
         }
         return VerificationReport(pipelineLoss: terms[0], referenceLoss: referenceTerms[0],
