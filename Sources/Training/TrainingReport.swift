@@ -99,7 +99,11 @@ public struct TrainingReport {
             try FileIO.writeOutput(url, what: "--timeline", text: ChromeTrace.render(outcome.lastStepTimeline, name: settings.pipeline.description))
         }
         let names = settings.model.lossTerms
-        let loss = outcome.lastLossTerms.isEmpty ? "loss -" : LossTerms.describe(names, outcome.lastLossTerms)
+        guard !outcome.lastLossTerms.isEmpty else {
+            print("done: nothing to train, the run is already at step \(outcome.losses.count) of \(settings.steps) (a larger --steps continues it)")
+            return
+        }
+        let loss = LossTerms.describe(names, outcome.lastLossTerms)
         let validation = outcome.validationTerms.map { "validation " + LossTerms.describe(names, $0) } ?? "validation loss -"
         let bubbles = outcome.bubbleRatio.map { String(format: "%.2f", $0) }.joined(separator: " ")
         print("done: \(loss), \(validation), \(Int(outcome.throughput)) \(outcome.unit.name)/s, step \(String(format: "%.3f", outcome.stepTimeSeconds)) s, bubble ratio per rank [\(bubbles)], peak \((outcome.peakBytes.max() ?? 0) >> 20) MiB")
