@@ -58,10 +58,6 @@ public final class AdamW: Optimizer {
     public let offsets: [Int]
 
     public init(parameters: [Parameter], configuration: Configuration = Configuration()) throws {
-        var seen = Set<String>()
-        for parameter in parameters where !seen.insert(parameter.name).inserted {
-            throw TwoBPError("AdamW: parameter name '\(parameter.name)' appears twice")
-        }
         let c = configuration
         guard c.beta1 >= 0, c.beta1 < 1, c.beta2 >= 0, c.beta2 < 1 else {
             throw TwoBPError("AdamW: betas must be in [0, 1), not (\(c.beta1), \(c.beta2))")
@@ -69,15 +65,7 @@ public final class AdamW: Optimizer {
         guard c.epsilon > 0, c.weightDecay >= 0 else {
             throw TwoBPError("AdamW: epsilon must be > 0 and weight decay >= 0")
         }
-        if let maxNorm = c.maxGradientNorm, !(maxNorm > 0) {
-            throw TwoBPError("AdamW: the gradient-norm limit must be > 0, not \(maxNorm)")
-        }
-        var offsets: [Int] = []
-        var total = 0
-        for parameter in parameters {
-            offsets.append(total)
-            total += parameter.value.count
-        }
+        let (offsets, total) = try OptimizerState.layout(of: parameters, maxGradientNorm: c.maxGradientNorm, optimizer: "AdamW")
         self.parameters = parameters
         self.configuration = configuration
         self.offsets = offsets

@@ -88,8 +88,27 @@ public enum GradientNorm {
     }
 }
 
-/// The metadata both optimizers save and check.
+/// The state layout, checks and metadata both optimizers share.
 enum OptimizerState {
+    /// Start of each parameter in a flat state buffer, and the buffer's length, after checking that
+    /// no name appears twice and that the gradient-norm limit, if any, is positive; errors name `optimizer`.
+    static func layout(of parameters: [Parameter], maxGradientNorm: Double?, optimizer: String) throws -> (offsets: [Int], total: Int) {
+        var seen = Set<String>()
+        for parameter in parameters where !seen.insert(parameter.name).inserted {
+            throw TwoBPError("\(optimizer): parameter name '\(parameter.name)' appears twice")
+        }
+        if let maxNorm = maxGradientNorm, !(maxNorm > 0) {
+            throw TwoBPError("\(optimizer): the gradient-norm limit must be > 0, not \(maxNorm)")
+        }
+        var offsets: [Int] = []
+        var total = 0
+        for parameter in parameters {
+            offsets.append(total)
+            total += parameter.value.count
+        }
+        return (offsets, total)
+    }
+
     static func metadata(optimizer: String, step: Int) -> [String: String] {
         SafeTensors.defaultMetadata.merging(["optimizer": optimizer, "step": String(step)]) { $1 }
     }

@@ -46,22 +46,10 @@ public final class SGD: Optimizer {
     public let offsets: [Int]
 
     public init(parameters: [Parameter], configuration: Configuration = Configuration()) throws {
-        var seen = Set<String>()
-        for parameter in parameters where !seen.insert(parameter.name).inserted {
-            throw TwoBPError("SGD: parameter name '\(parameter.name)' appears twice")
-        }
         let c = configuration
         guard c.momentum >= 0, c.momentum < 1 else { throw TwoBPError("SGD: momentum must be in [0, 1), not \(c.momentum)") }
         guard c.weightDecay >= 0, c.weightDecay.isFinite else { throw TwoBPError("SGD: weight decay must be >= 0, not \(c.weightDecay)") }
-        if let maxNorm = c.maxGradientNorm, !(maxNorm > 0) {
-            throw TwoBPError("SGD: the gradient-norm limit must be > 0, not \(maxNorm)")
-        }
-        var offsets: [Int] = []
-        var total = 0
-        for parameter in parameters {
-            offsets.append(total)
-            total += parameter.value.count
-        }
+        let (offsets, total) = try OptimizerState.layout(of: parameters, maxGradientNorm: c.maxGradientNorm, optimizer: "SGD")
         self.parameters = parameters
         self.configuration = configuration
         self.offsets = offsets
